@@ -1,0 +1,48 @@
+"""`dnnlab list [GROUP]`: every config group and option with its one-line description."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CONF = Path(__file__).parent / "conf"
+
+
+def groups() -> list[str]:
+    return sorted(p.name for p in CONF.iterdir() if p.is_dir())
+
+
+def options(group: str) -> dict[str, str]:
+    """Option name → the first comment line of its YAML (the description)."""
+    found = {}
+    for path in sorted((CONF / group).glob("*.yaml")):
+        found[path.stem] = describe(path)
+    return found
+
+
+def describe(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    parser = argparse.ArgumentParser(prog="dnnlab list", description=__doc__)
+    parser.add_argument("group", nargs="?", help="one config group (default: all)")
+    args = parser.parse_args(argv)
+    valid = groups()
+    if args.group and args.group not in valid:
+        parser.exit(2, f"dnnlab list: no config group {args.group!r}; valid: {', '.join(valid)}\n")
+    table = Table(show_header=True, header_style="bold", title="dnnlab config groups (pick one: GROUP=OPTION)")
+    table.add_column("group")
+    table.add_column("option")
+    table.add_column("what it is")
+    for group in [args.group] if args.group else valid:
+        for name, text in options(group).items():
+            table.add_row(group, name, text)
+        table.add_section()
+    Console().print(table)
+    return 0

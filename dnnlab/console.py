@@ -1,0 +1,73 @@
+"""What a person sees in the terminal: a rich progress bar with live metrics and a results table."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dnnlab.hooks import Hook
+
+console = Console(stderr=True)
+
+
+def attach_console(logger: logging.Logger) -> logging.Handler:
+    """Warnings and errors to the terminal (the progress bar shows the per-epoch numbers)."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, level=logging.WARNING, show_path=False, show_time=False)
+    logger.addHandler(handler)
+    logger.propagate = False  # Hydra's root handler would print every line a second time
+    return handler
+
+
+class ProgressBar(Hook):
+    """One bar over epochs; its text shows the last epoch's losses and accuracies."""
+
+    def __init__(self, epochs: int, out: Console = console):
+        self.epochs, self.out = epochs, out
+        self.progress: Progress | None = None
+
+    def on_fit_start(self, trainer) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]epoch"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.out,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("", total=self.epochs, completed=trainer.epoch)
+
+    def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        text = (
+            f"loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f} │ "
+            f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.3f}"
+        )
+        self.progress.update(self.task, advance=1, description=text)
+
+    def on_train_end(self, trainer) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "—" if value is None else str(value)
+
+
+def results_table(summary: dict[str, Any]) -> Table:
+    """The small table printed at the end of a run."""
+    table = Table(title="dnnlab run", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("status", "epochs", "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "wall_s", "device", "run_dir"):
+        if key in summary:
+            table.add_row(key, fmt(summary[key]))
+    return table

@@ -1,0 +1,34 @@
+"""The named hook points of the training loop; extras (logging, checkpoints, early stopping,
+diagnostics, progress) subclass `Hook` and override what they need."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dnnlab.trainer import Trainer
+
+
+class Hook:
+    """Extension point of `Trainer.fit`; every method is optional."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """Before the first epoch (after a resume has restored state)."""
+
+    def on_epoch_start(self, trainer: "Trainer") -> None:
+        """Before an epoch's first step."""
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+        """After validation: may add keys to `metrics` or stop training via `trainer.stop(...)`."""
+
+    def on_train_end(self, trainer: "Trainer") -> None:
+        """After the last epoch, before the test evaluation (e.g. restore the best weights)."""
+
+    def on_fit_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+        """After the test evaluation: may add keys to `summary` before it is written."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a resume (saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

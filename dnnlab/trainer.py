@@ -1,0 +1,233 @@
+"""The training loop. `Trainer.fit` reads top to bottom; extras hang off `Hook`s.
+
+Speed by design: the data already lives on the device, batches are taken by index, per-step
+losses accumulate on the device, and the host reads them once per epoch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dnnlab.data import Splits
+from dnnlab.hooks import Hook
+from dnnlab.optim import GradClipper
+from dnnlab.regularization import Regularizer, weight_tensors
+from dnnlab.schedules import Schedule
+
+log = logging.getLogger("dnnlab")
+
+
+def overrides(obj: object, method: str) -> bool:
+    """True when `obj` implements `method` itself rather than inheriting Regularizer's no-op."""
+    return getattr(type(obj), method) is not getattr(Regularizer, method)
+
+
+def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of samples whose arg-max class is the label."""
+    return (logits.argmax(1) == y).sum()
+
+
+class Trainer:
+    """Trains `model` on `data` with the given optimizer, clipping, schedule and regularizers."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Splits,
+        optimizer: torch.optim.Optimizer,
+        clipper: GradClipper,
+        schedule: Schedule,
+        regularizers: Sequence[Regularizer] = (),
+        hooks: Sequence[Hook] = (),
+        epochs: int = 10,
+        batch_size: int = 32,
+        eval_batch_size: int = 2048,
+        seed: int = 0,
+        loss_fn: nn.Module | None = None,
+        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.model, self.data, self.optimizer = model, data, optimizer
+        self.clipper, self.schedule = clipper, schedule
+        self.penalties = [r for r in regularizers if overrides(r, "penalty")]
+        self.constraints = [r for r in regularizers if overrides(r, "constrain")]
+        self.hooks = list(hooks)
+        self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
+        self.device = data.train_x.device
+        # Classification by default; other tasks (reconstruction, auxiliary) bring their own pair.
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        self.score_fn = score_fn if score_fn is not None else count_correct
+        self.weights = weight_tensors(model)
+        # A generator of its own, so shuffling is independent of dropout's RNG draws.
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.status = "running"
+        self.stop_reason = ""
+        self.notes: dict[str, Any] = {}  # extra summary fields contributed by hooks
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train_y) / self.batch_size)
+
+    def stop(self, status: str, reason: str) -> None:
+        """Ask the loop to end after the current epoch with `status`."""
+        self.status, self.stop_reason = status, reason
+
+    def call_hooks(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.call_hooks("on_fit_start")
+        while self.status == "running" and self.epoch < self.epochs:
+            self.call_hooks("on_epoch_start")
+            lr = self.optimizer.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            train_loss, train_acc, finite_steps = self.train_epoch()
+            val_loss, val_acc = self.evaluate(self.data.val_x, self.data.val_y)
+            # The one host-device sync of the epoch.
+            numbers = torch.stack([train_loss, train_acc, val_loss, val_acc, finite_steps.float()]).tolist()
+            epoch_s = time.perf_counter() - t0
+            steps_before = self.step - self.steps_per_epoch
+            self.epoch += 1
+            metrics = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "lr": float(lr),
+                "train_loss": numbers[0],
+                "train_acc": numbers[1],
+                "val_loss": numbers[2],
+                "val_acc": numbers[3],
+                "epoch_s": epoch_s,
+                "samples_per_s": len(self.data.train_y) / epoch_s,
+            }
+            if not math.isfinite(numbers[0]):
+                self.diverged(steps_before + int(numbers[4]) + 1)
+            else:
+                self.schedule.epoch_end(numbers[2])
+            self.call_hooks("on_epoch_end", metrics)
+        if self.status == "running":
+            self.status = "completed"
+        self.call_hooks("on_train_end")
+        return self.finish(time.perf_counter() - started)
+
+    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over the shuffled training split; returns device tensors (mean loss, accuracy, finite steps)."""
+        self.model.train()
+        x_all, y_all = self.data.train_x, self.data.train_y
+        n = len(y_all)
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        all_finite = torch.ones((), device=self.device, dtype=torch.bool)
+        finite_steps = torch.zeros((), device=self.device, dtype=torch.long)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            loss, hits = self.train_step(x_all[idx], y_all[idx])
+            loss_sum += loss * idx.numel()
+            correct += hits
+            all_finite &= torch.isfinite(loss)
+            finite_steps += all_finite  # counts steps before the first non-finite loss
+        return loss_sum / n, correct.float() / n, finite_steps
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss + penalties, backward, clip, step, constraints, per-step schedule."""
+        logits = self.model(x)
+        loss = self.loss_fn(logits, y)
+        total = loss
+        for reg in self.penalties:
+            total = total + reg.penalty(self.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.clipper:
+            self.clipper()
+        self.optimizer.step()
+        for reg in self.constraints:
+            reg.constrain(self.model)
+        self.schedule.step_end()
+        self.step += 1
+        return loss.detach(), self.score_fn(logits, y)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss and accuracy on (x, y) in eval mode, as device tensors."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for start in range(0, len(y), self.eval_batch_size):
+            xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
+            logits = self.model(xb)
+            loss_sum += self.loss_fn(logits, yb) * len(yb)
+            correct += self.score_fn(logits, yb)
+        n = max(len(y), 1)
+        return loss_sum / n, correct.float() / n
+
+    def diverged(self, step: int) -> None:
+        self.notes.update(diverged_epoch=self.epoch, diverged_step=step)
+        self.stop("diverged", f"the training loss became non-finite at step {step} (epoch {self.epoch})")
+        log.error("Diverged: training loss is NaN/inf at epoch %d, step %d; the last good checkpoint is kept.", self.epoch, step)
+
+    def finish(self, wall_s: float) -> dict[str, Any]:
+        """Evaluate the test split once and assemble the summary."""
+        test_loss, test_acc = torch.stack(self.evaluate(self.data.test_x, self.data.test_y)).tolist()
+        summary: dict[str, Any] = {
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "wall_s": wall_s,
+            "device": str(self.device),
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            **self.notes,
+        }
+        self.call_hooks("on_fit_end", summary)
+        return summary
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, schedule, counters, RNGs, hooks."""
+        np_state = np.random.get_state()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "status": self.status,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "shuffle": self.generator.get_state(),
+            },
+            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.generator.set_state(rng["shuffle"])
+        for hook in self.hooks:
+            if type(hook).__name__ in state["hooks"]:
+                hook.load_state_dict(state["hooks"][type(hook).__name__])
