@@ -643,8 +643,13 @@ def _extract_cifar(archive: Path, folder: Path) -> None:
             raise _corrupt(archive, f"cannot extract it ({e})") from e
         target = folder / CIFAR10_DIR
         if target.exists():  # an incomplete earlier extraction
-            shutil.rmtree(target)
-        os.replace(Path(tmp) / CIFAR10_DIR, target)
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(Path(tmp) / CIFAR10_DIR, target)
+        except OSError:
+            # A concurrent job (e.g. a parallel sweep) may have put a complete copy in place first.
+            if not all((target / b).is_file() for b in CIFAR10_BATCHES):
+                raise
 
 
 def _safe_member(m: tarfile.TarInfo) -> bool:
