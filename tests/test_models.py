@@ -1,0 +1,53 @@
+import pytest
+import torch
+from torch import nn
+
+from dnnlab.api import build_model, compose
+from dnnlab.data import load_data
+
+
+def model_for(*overrides: str) -> nn.Sequential:
+    cfg = compose(["data.limit=100", "model.depth=3", "model.width=8", *overrides])
+    return build_model(cfg, load_data(cfg.data))
+
+
+def test_mlp_shape_and_names():
+    model = model_for()
+    assert [n for n, _ in model.named_children()] == ["flatten", "hidden1", "hidden2", "hidden3", "output"]
+    assert model(torch.randn(5, 1, 8, 8)).shape == (5, 10)
+    assert model.hidden1.linear.in_features == 64 and model.hidden3.linear.out_features == 8
+
+
+def test_batchnorm_before_activation_drops_the_bias():
+    block = model_for("normalization=batchnorm").hidden2
+    assert [n for n, _ in block.named_children()] == ["linear", "norm", "act"]
+    assert block.linear.bias is None and isinstance(block.norm, nn.BatchNorm1d)
+
+
+def test_batchnorm_after_activation_keeps_the_bias():
+    block = model_for("normalization=batchnorm_after").hidden2
+    assert [n for n, _ in block.named_children()] == ["linear", "act", "norm"]
+    assert block.linear.bias is not None
+
+
+def test_layernorm_and_none():
+    assert isinstance(model_for("normalization=layernorm").hidden1.norm, nn.LayerNorm)
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for m in model_for().modules())
+
+
+@pytest.mark.parametrize("activation, cls", [("elu", nn.ELU), ("selu", nn.SELU), ("rrelu", nn.RReLU), ("prelu", nn.PReLU)])
+def test_activation_is_the_pytorch_class(activation, cls):
+    model = model_for(f"activation={activation}")
+    acts = [blk.act for n, blk in model.named_children() if n.startswith("hidden")]
+    assert all(isinstance(a, cls) for a in acts) and len({id(a) for a in acts}) == 3  # one instance per layer
+
+
+def test_cnn_on_images_with_batchnorm():
+    model = model_for("model=cnn", "model.depth=2", "model.width=4", "model.dense=16", "normalization=batchnorm")
+    assert isinstance(model.conv1.norm, nn.BatchNorm2d) and model.conv1.conv.bias is None
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_cnn_refuses_feature_vectors():
+    with pytest.raises(ValueError, match="model=mlp"):
+        model_for("model=cnn", "data=synthetic")
