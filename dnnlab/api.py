@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dnnlab.data import Splits, load_data
+from dnnlab.diagnostics import observer_hooks
 from dnnlab.hooks import Hook
 from dnnlab.optim import build_optimizer
 from dnnlab.regularization import Regularizer
@@ -110,6 +111,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     steps_per_epoch = -(-len(data.train_y) // cfg.trainer.batch_size)
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
+    hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts, logger: before RunFolderHook
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
     hooks.extend(extra_hooks)
     return Trainer(

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from dnnlab.hooks import Hook
 
@@ -70,4 +71,17 @@ def results_table(summary: dict[str, Any]) -> Table:
     for key in ("status", "epochs", "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "wall_s", "device", "run_dir"):
         if key in summary:
             table.add_row(key, fmt(summary[key]))
+    if "health" in summary:
+        add_health(table, summary["health"])
     return table
+
+
+def add_health(table: Table, verdicts: list[dict[str, Any]]) -> None:
+    """The health verdicts (dnnlab.health) as a section of a two-column table."""
+    from dnnlab.health import describe
+
+    table.add_section()
+    if not verdicts:
+        table.add_row(Text("health", style="bold green"), "no problems found")
+    for v in verdicts:
+        table.add_row(Text(v["verdict"], style="bold yellow"), Text(describe(v), justify="left"))
