@@ -222,12 +222,13 @@ def csv_table(rows: list[dict[str, Any]]) -> str:
 
 def rich_table(rows: list[dict[str, Any]], title: str):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_header=True, header_style="bold")
     for column in display_columns(rows):
         table.add_column(column, justify="right" if column in METRICS or column == "n" else "left")
-    for row in rows:
-        table.add_row(*(cell(row, c) for c in display_columns(rows)))
+    for row in rows:  # Text: override values such as [l2,dropout] are not rich markup
+        table.add_row(*(Text(cell(row, c)) for c in display_columns(rows)))
     return table
 
 

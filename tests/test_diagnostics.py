@@ -110,3 +110,15 @@ def test_cost_is_at_most_five_percent_of_an_epoch_on_the_20x100_mlp(tmp_path):
     rows = RunDir(tmp_path).read_metrics()[1:]  # the first epoch warms up
     ratio = statistics.median(r["diag_s"] for r in rows) / statistics.median(r["epoch_s"] for r in rows)
     assert ratio <= 0.05, f"diagnostics cost {ratio:.1%} of an epoch"
+
+
+def test_frozen_layers_report_weights_but_no_gradient(tiny_cfg, tmp_path):
+    from dnnlab.api import build_trainer
+
+    trainer = build_trainer(tiny_cfg(), RunDir(tmp_path))
+    trainer.model.hidden1.linear.weight.requires_grad_(False)
+    hook = DiagnosticsHook("relu")
+    hook.on_fit_start(trainer)
+    stats = hook.measure(trainer.model, trainer.loss_fn)
+    assert "grad_norm/hidden1" not in stats and stats["weight_norm/hidden1"] > 0
+    assert stats["grad_norm/hidden2"] > 0
