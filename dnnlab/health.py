@@ -76,29 +76,27 @@ def gradient_flow(rows: list[Row]) -> list[Verdict]:
     if len(hidden) < 2:
         return []
     first, last = hidden[0], hidden[-1]
+    ratios = [(row, gradient_ratio(row, first, last)) for row in rows]
+    vanishing = [(row, r) for row, r in ratios if r is not None and r < VANISHING_RATIO]
+    exploding = [(row, r) for row, r in ratios if r is not None and r > EXPLODING_RATIO]
     found = []
-    ratios = [(row["epoch"], gradient_ratio(row, first, last), row) for row in rows]
-    vanishing = [(e, r, row) for e, r, row in ratios if r is not None and r < VANISHING_RATIO]
     if vanishing:
-        epoch, ratio, row = vanishing[0]
-        found.append(verdict(
-            "vanishing_gradients", first, epoch,
-            f"grad_norm/{first} = {row[f'grad_norm/{first}']:.3g} is {ratio:.2g} × grad_norm/{last} = "
-            f"{row[f'grad_norm/{last}']:.3g} (threshold < {VANISHING_RATIO:g}); "
-            f"in {len(vanishing)} of {len(rows)} epochs",
-        ))
-    exploding = [(e, r, row) for e, r, row in ratios if r is not None and r > EXPLODING_RATIO]
+        found.append(ratio_verdict("vanishing_gradients", vanishing, first, last, f"< {VANISHING_RATIO:g}", len(rows)))
     if exploding:
-        epoch, ratio, row = exploding[0]
-        found.append(verdict(
-            "exploding_gradients", first, epoch,
-            f"grad_norm/{first} = {row[f'grad_norm/{first}']:.3g} is {ratio:.3g} × grad_norm/{last} = "
-            f"{row[f'grad_norm/{last}']:.3g} (threshold > {EXPLODING_RATIO:g}); "
-            f"in {len(exploding)} of {len(rows)} epochs",
-        ))
+        found.append(ratio_verdict("exploding_gradients", exploding, first, last, f"> {EXPLODING_RATIO:g}", len(rows)))
     else:
         found.extend(non_finite_gradients(rows))
     return found
+
+
+def ratio_verdict(name: str, hits: list[tuple[Row, float]], first: str, last: str, bound: str, epochs: int) -> Verdict:
+    """The verdict at the first epoch in `hits`, with both gradient norms and their ratio."""
+    row, ratio = hits[0]
+    return verdict(
+        name, first, row["epoch"],
+        f"grad_norm/{first} = {row[f'grad_norm/{first}']:.3g} is {ratio:.3g} × grad_norm/{last} = "
+        f"{row[f'grad_norm/{last}']:.3g} (threshold {bound}); in {len(hits)} of {epochs} epochs",
+    )
 
 
 def non_finite_gradients(rows: list[Row]) -> list[Verdict]:
@@ -110,8 +108,7 @@ def non_finite_gradients(rows: list[Row]) -> list[Verdict]:
             if not finite(row[f"grad_norm/{layer}"]):
                 return [verdict(
                     "exploding_gradients", layer, row["epoch"],
-                    f"grad_norm/{layer} is not finite ({row[f'grad_norm/{layer}']}) while train_loss = "
-                    f"{row['train_loss']:.4g} is",
+                    f"grad_norm/{layer} is not finite (NaN/inf) while train_loss = {row['train_loss']:.4g} is",
                 )]
     return []
 
