@@ -1,6 +1,7 @@
 """Python entry points: `compose` a config like the CLI does, `train` it, get the summary back."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from datetime import datetime
@@ -10,15 +11,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from dnnlab import schema
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import observer_hooks
 from dnnlab.hooks import Hook
 from dnnlab.optim import build_optimizer
 from dnnlab.regularization import Regularizer
-from dnnlab.rundir import RunDir, RunFolderHook, load_checkpoint
+from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
+from dnnlab.rundir import (
+    RunDir, RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
+)
 from dnnlab.schedules import build_schedule
 from dnnlab.trainer import Trainer
 
@@ -26,13 +31,75 @@ log = logging.getLogger("dnnlab")
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `dnnlab train OVERRIDES` would run (Hydra's compose API)."""
+    """The config `dnnlab train OVERRIDES` would run (Hydra's compose API); ConfigError names a bad override.
+
+    With `resume=RUN` it is the run's own config with the other overrides on top (see `resume_config`).
+    """
     from hydra import compose as hydra_compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
+    overrides = list(overrides)
+    resume = resume_override(overrides)
+    if resume is not None:
+        return resume_config(resume[1], [o for i, o in enumerate(overrides) if i != resume[0]])
     GlobalHydra.instance().clear()
     with initialize_config_module("dnnlab.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+        try:
+            return hydra_compose("config", overrides=overrides)
+        except HydraException as error:
+            raise schema.config_error(error, overrides) from error
+
+
+def resume_override(overrides: Sequence[str]) -> tuple[int, str] | None:
+    """(index, value) of a `resume=PATH` among `overrides`, or None."""
+    for i, override in enumerate(schema.parse_overrides(overrides)):
+        if override.key_or_group == "resume" and not override.is_delete() and override.value() not in (None, ""):
+            return i, str(override.value())
+    return None
+
+
+def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a resumed run continues with: the run's own (.hydra/config.yaml, else the one in
+    the checkpoint) with `overrides` on top. Overrides may change values (trainer.epochs=40), not groups."""
+    checkpoint = find_checkpoint(resume)
+    folder = run_folder_of(checkpoint)
+    if folder is not None and (folder / ".hydra" / "config.yaml").is_file():
+        cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    else:
+        text = load_checkpoint(checkpoint).get("config")
+        if not text:
+            raise CheckpointError(f"The checkpoint {checkpoint} holds no config and lies in no run folder, "
+                                  f"so resume= cannot know how it was trained.")
+        cfg = OmegaConf.create(text)
+    OmegaConf.set_struct(cfg, True)
+    for override in schema.parse_overrides(overrides):
+        apply_resume_override(cfg, override)
+    with open_dict(cfg):
+        cfg.resume = str(resume)
+    return cfg
+
+
+def apply_resume_override(cfg: DictConfig, override: Any) -> None:
+    """One `key=value` (or `+key=value`) override on a resumed run's config."""
+    key = override.key_or_group
+    if ("/" in key or key.startswith("hydra") or schema.group_options(key) or override.is_sweep_override()
+            or override.is_delete()):
+        raise ConfigError(
+            f"{override.input_line}: resume= continues a run with the config it was trained with, so only values "
+            f"may change (e.g. trainer.epochs=40), not config groups, Hydra settings or sweeps. "
+            f"Start a new run (without resume=) for that."
+        )
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not override.is_add() and not (isinstance(node, DictConfig) and leaf in node):
+        keys = list(node.keys()) if isinstance(node, DictConfig) else []
+        raise ConfigError(
+            f"{key} is not a key of the resumed run's config.{did_you_mean(leaf, keys, prefix=parent)} "
+            f"Valid keys {'under ' + parent if parent else 'at the top level'}: {', '.join(map(str, keys))}."
+        )
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, override.value(), merge=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,16 +155,54 @@ def default_run_dir() -> Path:
     return path
 
 
-def resume_checkpoint(resume: str | Path) -> Path:
-    """`resume=` names a run folder (→ its checkpoints/last.pt) or a checkpoint file."""
-    path = Path(resume).expanduser()
-    candidate = path / "checkpoints" / "last.pt" if path.is_dir() else path
-    if not candidate.is_file():
-        raise FileNotFoundError(
-            f"resume={resume} is not a dnnlab run: expected a run folder holding checkpoints/last.pt, "
-            f"or a .pt checkpoint file, but {candidate} does not exist"
+# Builders report a bad setting as ValueError (or Hydra's InstantiationException around one); a
+# missing `model.pretrained` run as FileNotFoundError. Before training starts these are the user's to fix.
+SETUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def setup_errors() -> Any:
+    """Turn a builder's complaint about the config into a ConfigError (one paragraph, no traceback)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        yield
+    except UserError:
+        raise
+    except (*SETUP_ERRORS, InstantiationException) as error:
+        raise ConfigError(" ".join(str(error).split())) from error
+
+
+def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint into a freshly built trainer; CheckpointError names what does not fit."""
+    check_resumable(state, path)
+    problems = model_mismatch(trainer.model, state["model"])
+    if problems:
+        raise CheckpointError(
+            f"The checkpoint {path} does not fit the model this config builds: {'; '.join(problems)}. "
+            f"Resume with the run's own config (drop overrides of model, normalization or data), or start a new run."
         )
-    return candidate
+    check_schedule_length(trainer, state["schedule"])
+    try:
+        trainer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"The checkpoint {path} does not fit this run's optimizer, schedule or hooks ({one_line(error)}). "
+            f"Resume with the run's own config, or start a new run."
+        ) from error
+
+
+def check_schedule_length(trainer: Trainer, saved: dict[str, Any]) -> None:
+    """A schedule planned over the run's length (1cycle, cosine) cannot be stretched on resume."""
+    scheduler = trainer.schedule.scheduler
+    for key in ("total_steps", "T_max"):
+        if key in saved and scheduler is not None and getattr(scheduler, key, saved[key]) != saved[key]:
+            raise ConfigError(
+                f"This run's schedule plans the learning rate over its whole length ({key}={saved[key]}), so "
+                f"trainer.epochs and trainer.batch_size cannot change on resume (they give {key}="
+                f"{getattr(scheduler, key)}). Resume with the run's own values, or start a new run; "
+                f"schedule=none, power, exponential, piecewise and performance can be extended."
+            )
 
 
 def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()) -> Trainer:
@@ -125,24 +230,32 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one training job as `dnnlab train` does; returns the summary (also in summary.json)."""
     from dnnlab.console import ProgressBar, attach_console, console, results_table
 
-    checkpoint = resume_checkpoint(cfg.resume) if cfg.resume else None
+    schema.validate(cfg)  # before anything is built or written
+    checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
     # A resumed run continues in its own folder.
-    run = RunDir(run_dir or (checkpoint.parent.parent if checkpoint else default_run_dir()))
-    run.save_config(cfg)
-    handlers = [run.attach_log(log), attach_console(log)]
-    log.setLevel(logging.INFO)
-    try:
-        hooks = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
-        trainer = build_trainer(cfg, run, hooks)
-        if checkpoint:
-            state = load_checkpoint(checkpoint)
-            trainer.load_state_dict(state)
-            run.keep_metrics_through(trainer.epoch)
-        log.info("run folder %s", run.path)
-        summary = trainer.fit()
-        console.print(results_table(summary))
-        return summary
-    finally:
-        for handler in handlers:
-            log.removeHandler(handler)
-            handler.close()
+    run = RunDir(run_dir or (checkpoint and run_folder_of(checkpoint)) or default_run_dir())
+    with run.lock():
+        state = load_checkpoint(checkpoint) if checkpoint else None
+        handlers = [run.attach_log(log), attach_console(log)]
+        log.setLevel(logging.INFO)
+        try:
+            hooks = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
+            with setup_errors():
+                trainer = build_trainer(cfg, run, hooks)
+            if state is not None:
+                restore(trainer, state, checkpoint)
+            # Everything fits: from here on the run folder changes.
+            run.save_config(cfg, overwrite=checkpoint is not None)
+            if state is not None:
+                run.keep_metrics_through(trainer.epoch)
+                log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)
+            log.info("run folder %s", run.path)
+            summary = trainer.fit()
+            if summary["status"] == "interrupted":
+                log.warning("To continue exactly from there: dnnlab train resume=%s", run.path)
+            console.print(results_table(summary))
+            return summary
+        finally:
+            for handler in handlers:
+                log.removeHandler(handler)
+                handler.close()

@@ -5,27 +5,35 @@ written (checkpoints, summary) is written atomically: temp file, fsync, rename.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderError
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
+LOCK_NAME = ".lock"
+# Files a checkpoint must hold for `resume=` to continue a run exactly.
+RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks")
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write via `write(file)` to a temp file beside `path`, fsync it, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -39,6 +47,12 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def finite_or_none(value: Any) -> Any:
@@ -94,26 +108,159 @@ class RunDir:
         with open(self.summary_path) as f:
             return json.load(f)
 
-    def save_config(self, cfg: DictConfig) -> None:
-        """Write the resolved config unless Hydra already did."""
-        if not self.config_path.exists():
+    def save_config(self, cfg: DictConfig, overwrite: bool = False) -> None:
+        """Write the resolved config unless Hydra already did (`overwrite`: a resumed run's new config)."""
+        if overwrite or not self.config_path.exists():
             text = OmegaConf.to_yaml(cfg, resolve=True)
             atomic_write(self.config_path, lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's lock file while writing; a second writer is refused at once.
+
+        An OS file lock (filelock: flock/LockFileEx) dies with its process, so the lock file a killed
+        run leaves behind does not block `resume=`.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.path / LOCK_NAME, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunFolderError(
+                f"The run folder {self.path} is in use by another dnnlab process (it holds {self.path / LOCK_NAME}). "
+                f"Two writers would interleave its metrics and checkpoints: wait for that run to end or stop it, "
+                f"or train into a new folder (without resume=)."
+            ) from None
+        try:
+            self.remove_temp_files()
+            yield
+        finally:
+            lock.release()
+
+    def remove_temp_files(self) -> None:
+        """Delete temp files that a writer killed mid-write left (the real files are whole)."""
+        for tmp in self.path.rglob(f".*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+
     def attach_log(self, logger: logging.Logger) -> logging.Handler:
         """Mirror `logger` into train.log; returns the handler so the caller can detach it."""
-        handler = logging.FileHandler(self.path / "train.log")
+        handler = logging.FileHandler(self.path / "train.log", delay=True)  # no file until a line is logged
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logger.addHandler(handler)
         return handler
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without executing code from it (weights_only unpickling)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint without executing code from it (weights_only unpickling); CheckpointError if unusable."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"The checkpoint {path} does not exist.") from None
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        if found is None:  # not a pickled object it refused: the bytes are not a pickle at all
+            raise _unreadable(path, error) from None
+        raise CheckpointError(
+            f"The checkpoint {path} holds Python objects ({found.group(1)}) besides "
+            f"tensors, numbers and containers. dnnlab loads checkpoints with torch.load(weights_only=True), so "
+            f"nothing in a file can run code, and refuses this one. Use a checkpoint written by dnnlab."
+        ) from None
+    except Exception as error:  # torch reports truncation and garbage as RuntimeError, EOFError, KeyError, …
+        raise _unreadable(path, error) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is a PyTorch file but not a dnnlab checkpoint (it has no model weights).")
+    return state
+
+
+def _unreadable(path: str | os.PathLike, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"The checkpoint {path} cannot be read: it is truncated or not a PyTorch file "
+        f"({type(error).__name__}: {' '.join(str(error).split())[:100]}). "
+        f"Use another checkpoint (the run's checkpoints/best.pt or last.pt)."
+    )
+
+
+def check_resumable(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """CheckpointError unless `state` has everything an exact resume needs."""
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"The checkpoint {path} cannot resume a run: it lacks {', '.join(missing)}. "
+            f"Resume from a run folder or its checkpoints/last.pt."
+        )
+
+
+def model_mismatch(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> list[str]:
+    """Each way the saved weights do not fit `model`: a layer whose shape differs, is missing or is extra."""
+    own = model.state_dict()
+    problems = [
+        f"{k} is {list(v.shape)} in the checkpoint but {list(own[k].shape)} in the model"
+        for k, v in saved.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    if missing:
+        problems.append(f"the model's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in the checkpoint")
+    if extra:
+        problems.append(f"the checkpoint's {', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not in the model")
+    return problems
+
+
+def find_checkpoint(resume: str | os.PathLike) -> Path:
+    """`resume=` names a run folder (→ its checkpoints/last.pt) or a checkpoint file."""
+    path = Path(resume).expanduser()
+    if path.is_file():
+        return path
+    last = path / "checkpoints" / "last.pt"
+    if last.is_file():
+        return last
+    if not path.exists():
+        why = "it does not exist"
+    elif not path.is_dir():
+        why = "it is not a folder or a file"
+    elif any(path.glob("*/checkpoints/last.pt")):
+        runs = sorted(p.parent.parent.name for p in path.glob("*/checkpoints/last.pt"))
+        why = f"it is a sweep folder; resume one of its runs, e.g. resume={path / runs[0]} (runs: {', '.join(runs)})"
+    else:
+        why = f"it has no checkpoints/last.pt (it holds: {', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'})"
+    raise RunFolderError(
+        f"resume={resume} is not a dnnlab run: {why}. Give a run folder (e.g. outputs/2026-01-31/12-00-00) "
+        f"or a checkpoint file (…/checkpoints/last.pt)."
+    )
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/<name>.pt), or None for a loose file."""
+    folder = checkpoint.parent.parent
+    if checkpoint.parent.name == "checkpoints" and ((folder / "metrics.jsonl").exists() or (folder / ".hydra").is_dir()):
+        return folder
+    return None
+
+
+def remove_stray(path: str | os.PathLike) -> bool:
+    """Remove a folder Hydra made for a job that wrote nothing (only .hydra/ and the lock); True if removed."""
+    path = Path(path)
+    if not path.is_dir() or any(p.name not in (".hydra", LOCK_NAME) for p in path.iterdir()):
+        return False
+    hydra = path / ".hydra"
+    if hydra.is_dir():
+        if any(p.suffix != ".yaml" or p.is_dir() for p in hydra.iterdir()):
+            return False
+        for p in hydra.iterdir():
+            p.unlink()
+        hydra.rmdir()
+    (path / LOCK_NAME).unlink(missing_ok=True)
+    path.rmdir()
+    with contextlib.suppress(OSError):  # also outputs/<date>/ and outputs/ when this was their only run
+        path.parent.rmdir()
+        path.parent.parent.rmdir()
+    return True
 
 
 class RunFolderHook(Hook):
@@ -131,6 +278,16 @@ class RunFolderHook(Hook):
             return True
         return value < self.best if self.mode == "min" else value > self.best
 
+    def checkpoint(self, trainer) -> dict[str, Any]:
+        state = trainer.state_dict()
+        state["config"] = self.config_yaml
+        return state
+
+    def on_fit_start(self, trainer) -> None:
+        # last.pt always holds the latest epoch boundary, from the start: an interrupt during the
+        # first epoch (or the first epoch after a resume from best.pt) then resumes from here.
+        self.run.save_checkpoint("last", self.checkpoint(trainer))
+
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
         self.run.append_metrics(metrics)
         logging.getLogger("dnnlab").info(
@@ -140,12 +297,16 @@ class RunFolderHook(Hook):
         )
         if trainer.status == "diverged":
             return  # keep the last good checkpoints
+        if self.monitor not in metrics:
+            raise ConfigError(
+                f"trainer.monitor={self.monitor!r} is not a logged metric; "
+                f"valid: {', '.join(sorted(k for k in metrics if '/' not in k))}"
+            )
         value = metrics[self.monitor]
         best = self.improved(value)
         if best:
             self.best, self.best_epoch = value, metrics["epoch"]
-        state = trainer.state_dict()
-        state["config"] = self.config_yaml
+        state = self.checkpoint(trainer)
         if best:
             self.run.save_checkpoint("best", state)
         self.run.save_checkpoint("last", state)

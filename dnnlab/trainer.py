@@ -2,26 +2,36 @@
 
 Speed by design: the data already lives on the device, batches are taken by index, per-step
 losses accumulate on the device, and the host reads them once per epoch.
+
+Stopping: SIGINT/SIGTERM end the loop before the next step. A partial epoch is abandoned, never
+checkpointed: `last.pt` always holds an epoch boundary (written at every epoch end and at the
+start), so a resume from it replays the abandoned epoch exactly. A non-finite loss is seen when the
+epoch's losses are read (no per-step sync); the run stops there with the exact step recorded.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from dnnlab.data import Splits
+from dnnlab.errors import one_line
 from dnnlab.hooks import Hook
 from dnnlab.optim import GradClipper
 from dnnlab.regularization import Regularizer, weight_tensors
 from dnnlab.schedules import Schedule
 
 log = logging.getLogger("dnnlab")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def overrides(obj: object, method: str) -> bool:
@@ -70,6 +80,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.status = "running"
         self.stop_reason = ""
+        self.interrupted: int | None = None  # the signal that asked the loop to stop
         self.notes: dict[str, Any] = {}  # extra summary fields contributed by hooks
 
     @property
@@ -84,20 +95,70 @@ class Trainer:
         for hook in self.hooks:
             getattr(hook, event)(self, *args)
 
+    def interrupt(self, signum: int) -> None:
+        """Ask the loop to stop before its next step (what SIGINT/SIGTERM do during `fit`)."""
+        self.interrupted = signum
+
+    @contextlib.contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM → `interrupt`; a second one ends the process at once (atomic writes keep files whole)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may set signal handlers
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self.interrupt(signum)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
+        """Train until `epochs`, a stop (early stopping, divergence, a signal) or an error; returns the summary.
+
+        On an exception the summary is written with status `failed` and the error, then it is re-raised.
+        """
         started = time.perf_counter()
-        self.call_hooks("on_fit_start")
+        with self.stop_on_signals():
+            try:
+                self.call_hooks("on_fit_start")
+                self.run_epochs()
+            except Exception as error:
+                self.status, self.stop_reason = "failed", one_line(error)
+                self.notes["error"] = one_line(error)
+                with contextlib.suppress(Exception):  # the summary is a courtesy; the error is what matters
+                    self.call_hooks("on_train_end")
+                    self.finish(time.perf_counter() - started)
+                raise
+            if self.status == "running":
+                self.status = "completed"
+            self.call_hooks("on_train_end")
+            return self.finish(time.perf_counter() - started)
+
+    def run_epochs(self) -> None:
         while self.status == "running" and self.epoch < self.epochs:
+            if self.interrupted is not None:
+                self.stopped_by_signal(partial_epoch=False)
+                break
             self.call_hooks("on_epoch_start")
+            boundary_step = self.step
             lr = self.optimizer.param_groups[0]["lr"]
             t0 = time.perf_counter()
             train_loss, train_acc, finite_steps = self.train_epoch()
+            if self.interrupted is not None:
+                self.step = boundary_step  # the partial epoch is abandoned: last.pt holds the boundary
+                self.stopped_by_signal(partial_epoch=True)
+                break
             val_loss, val_acc = self.evaluate(self.data.val_x, self.data.val_y)
             # The one host-device sync of the epoch.
             numbers = torch.stack([train_loss, train_acc, val_loss, val_acc, finite_steps.float()]).tolist()
             epoch_s = time.perf_counter() - t0
-            steps_before = self.step - self.steps_per_epoch
             self.epoch += 1
             metrics = {
                 "epoch": self.epoch,
@@ -111,14 +172,20 @@ class Trainer:
                 "samples_per_s": len(self.data.train_y) / epoch_s,
             }
             if not math.isfinite(numbers[0]):
-                self.diverged(steps_before + int(numbers[4]) + 1)
+                self.diverged(boundary_step + int(numbers[4]) + 1)
+            elif not math.isfinite(numbers[2]):
+                self.diverged(self.step)  # the epoch's last step left non-finite weights
             else:
                 self.schedule.epoch_end(numbers[2])
             self.call_hooks("on_epoch_end", metrics)
-        if self.status == "running":
-            self.status = "completed"
-        self.call_hooks("on_train_end")
-        return self.finish(time.perf_counter() - started)
+
+    def stopped_by_signal(self, partial_epoch: bool) -> None:
+        name = signal.Signals(self.interrupted).name
+        self.notes["interrupted_by"] = name
+        discarded = "; the partial epoch after it was discarded" if partial_epoch else ""
+        self.stop("interrupted", f"{name} received: stopped at the end of epoch {self.epoch} (step {self.step}){discarded}")
+        log.warning("Interrupted by %s: training stopped at the end of epoch %d%s; checkpoints/last.pt holds that state.",
+                    name, self.epoch, discarded)
 
     def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One pass over the shuffled training split; returns device tensors (mean loss, accuracy, finite steps)."""
@@ -131,6 +198,8 @@ class Trainer:
         all_finite = torch.ones((), device=self.device, dtype=torch.bool)
         finite_steps = torch.zeros((), device=self.device, dtype=torch.long)
         for start in range(0, n, self.batch_size):
+            if self.interrupted is not None:
+                break  # a signal: fit abandons this epoch
             idx = order[start : start + self.batch_size]
             loss, hits = self.train_step(x_all[idx], y_all[idx])
             loss_sum += loss * idx.numel()
@@ -173,12 +242,18 @@ class Trainer:
 
     def diverged(self, step: int) -> None:
         self.notes.update(diverged_epoch=self.epoch, diverged_step=step)
-        self.stop("diverged", f"the training loss became non-finite at step {step} (epoch {self.epoch})")
-        log.error("Diverged: training loss is NaN/inf at epoch %d, step %d; the last good checkpoint is kept.", self.epoch, step)
+        self.stop("diverged", f"the loss became non-finite at step {step} (epoch {self.epoch})")
+        log.error(
+            "Diverged: the loss became NaN/inf at epoch %d, step %d; training stopped. checkpoints/last.pt keeps "
+            "epoch %d. A lower learning rate (optimizer.lr), gradient clipping (optimizer.clip_norm) "
+            "or normalization usually helps.", self.epoch, step, self.epoch - 1,
+        )
 
     def finish(self, wall_s: float) -> dict[str, Any]:
-        """Evaluate the test split once and assemble the summary."""
-        test_loss, test_acc = torch.stack(self.evaluate(self.data.test_x, self.data.test_y)).tolist()
+        """Evaluate the test split once (when training ended normally) and assemble the summary."""
+        test_loss = test_acc = None
+        if self.status in ("completed", "early_stopped"):
+            test_loss, test_acc = torch.stack(self.evaluate(self.data.test_x, self.data.test_y)).tolist()
         summary: dict[str, Any] = {
             "status": self.status,
             "stop_reason": self.stop_reason,

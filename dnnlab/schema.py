@@ -1,0 +1,340 @@
+"""Config validation that runs before anything is built: every bad option, key or value gets one
+paragraph naming it and what would be valid.
+
+Two layers. Hydra's composition errors (an unknown group option, a misspelt key, an override that
+does not parse) are rewritten by `config_error` with a "did you mean" and the valid choices. Values
+are checked by `validate` against `RULES`: a table from config key (fnmatch pattern) to a rule.
+Keys without a rule are left to the code that uses them (the data loaders validate `data.*`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from dnnlab.errors import ConfigError, did_you_mean
+
+HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+
+
+# ---------------------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """A value check and, in words, what passes it."""
+
+    check: Callable[[Any], bool]
+    valid: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(low: int | None = None) -> Rule:
+    return Rule(lambda v: _is_int(v) and (low is None or v >= low), "an integer" + (f" ≥ {low}" if low is not None else ""))
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Rule:
+    """A finite number in the interval given by `low`/`high`, each end open or closed."""
+
+    def check(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        above = low is None or (v > low if low_open else v >= low)
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    if low is not None and high is not None:
+        where = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        where = f" {'>' if low_open else '≥'} {low:g}"
+    else:
+        where = ""
+    return Rule(check, "a number" + where)
+
+
+def choice(*options: str) -> Rule:
+    return Rule(lambda v: v in options, "one of " + ", ".join(options))
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.check(v), f"null or {rule.valid}")
+
+
+def list_of(rule: Rule, length: int | None = None, example: str = "") -> Rule:
+    def check(v: Any) -> bool:
+        return isinstance(v, (list, tuple)) and (length is None or len(v) == length) and all(rule.check(x) for x in v)
+
+    count = f"{length} " if length is not None else "a list of "
+    return Rule(check, f"{count}values, each {rule.valid}" + (f", e.g. {example}" if example else ""))
+
+
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
+TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+POSITIVE = number(0, low_open=True)
+NON_NEGATIVE = number(0)
+FRACTION = number(0, 1, high_open=True)  # probabilities of dropping, momentum coefficients
+
+# config key (fnmatch pattern over the dotted path) → rule. Keys a config does not have are skipped.
+RULES: dict[str, Rule] = {
+    "seed": integer(),
+    "resume": optional(TEXT),
+    "trainer.epochs": integer(1),
+    "trainer.batch_size": integer(1),
+    "trainer.eval_batch_size": integer(1),
+    "trainer.device": Rule(lambda v: v in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", str(v))),
+                           "auto, cpu, cuda or cuda:N"),
+    "trainer.monitor": TEXT,
+    "trainer.monitor_mode": choice("min", "max"),
+    "trainer.progress": BOOLEAN,
+    "trainer.diagnostics": BOOLEAN,
+    "model.depth": integer(1),
+    "model.width": integer(1),
+    "model.dense": integer(1),
+    "initializer.weight.std": POSITIVE,
+    "normalization.layer.momentum": number(0, 1),
+    "normalization.layer.eps": POSITIVE,
+    "optimizer.lr": POSITIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.momentum": FRACTION,
+    "optimizer.dampening": number(0, 1),
+    "optimizer.nesterov": BOOLEAN,
+    "optimizer.betas": list_of(FRACTION, 2, "[0.9, 0.999]"),
+    "optimizer.alpha": FRACTION,
+    "optimizer.eps": POSITIVE,
+    "optimizer.lr_decay": NON_NEGATIVE,
+    "optimizer.initial_accumulator_value": NON_NEGATIVE,
+    "optimizer.clip_value": optional(POSITIVE),
+    "optimizer.clip_norm": optional(POSITIVE),
+    "regularization.*.rate": FRACTION,
+    "regularization.l1.weight": NON_NEGATIVE,
+    "regularization.l2.weight": NON_NEGATIVE,
+    "regularization.max_norm.r": POSITIVE,
+    "regularization.early_stopping.monitor": TEXT,
+    "regularization.early_stopping.mode": choice("min", "max"),
+    "regularization.early_stopping.patience": integer(1),
+    "regularization.early_stopping.min_delta": NON_NEGATIVE,
+    "regularization.early_stopping.restore_best": BOOLEAN,
+    "schedule.interval": choice("step", "epoch"),
+    "schedule.s": POSITIVE,
+    "schedule.c": NON_NEGATIVE,
+    "schedule.factor": number(0, 1, low_open=True, high_open=True),
+    "schedule.patience": integer(0),
+    "schedule.max_lr": POSITIVE,
+    "schedule.pct_start": number(0, 1, low_open=True, high_open=True),
+    "schedule.div_factor": POSITIVE,
+    "schedule.final_div_factor": POSITIVE,
+    "schedule.eta_min": NON_NEGATIVE,
+    "schedule.total_steps": optional(integer(1)),
+    "schedule.T_max": optional(integer(1)),
+    "schedule.boundaries": list_of(integer(0), example="[10, 15]"),
+    "schedule.factors": list_of(POSITIVE, example="[1.0, 0.5, 0.1]"),
+}
+
+
+def rule_for(key: str) -> Rule | None:
+    return next((rule for pattern, rule in RULES.items() if fnmatch.fnmatchcase(key, pattern)), None)
+
+
+def problem(key: str, value: Any) -> str | None:
+    """'key=value is not valid: it must be …' when `value` breaks the rule for `key`, else None."""
+    rule = rule_for(key)
+    if rule is None or rule.check(value):
+        return None
+    shown = f"'{value}'" if isinstance(value, str) else value
+    return f"{key}={shown} is not valid: it must be {rule.valid}"
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': leaf} for a nested plain container (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming every value in `cfg` that breaks its rule."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as error:  # an interpolation that does not resolve, e.g. ${optimizer.lrr}
+        raise ConfigError(f"The config does not resolve: {' '.join(str(error).split())}") from error
+    problems = [p for key, value in flatten(plain).items() if (p := problem(key, value))]
+    if problems:
+        raise ConfigError(_join(problems))
+
+
+def _join(problems: Sequence[str]) -> str:
+    if len(problems) == 1:
+        return problems[0] + "."
+    return f"{len(problems)} config values are not valid: " + "; ".join(problems) + "."
+
+
+# ------------------------------------------------------------------------------- overrides
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's parsed `Override`s; a line that does not parse is named."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for line in overrides:
+        try:
+            parsed.append(parser.parse_override(line))
+        except HydraException as error:
+            first = str(error).splitlines()[0]
+            raise ConfigError(
+                f"Cannot read the override {line!r} ({first}). Overrides look like key=value "
+                f"(trainer.epochs=5), group=option (optimizer=adam), a list (regularization=[l2,dropout]) "
+                f"or, with -m, a sweep (optimizer=adam,sgd); see {HYDRA_GRAMMAR}"
+            ) from None
+    return parsed
+
+
+def hydra_session() -> Any:
+    """A context in which Hydra's config loader for dnnlab's configs is available."""
+    from contextlib import nullcontext
+
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return nullcontext()
+    return initialize_config_module("dnnlab.conf", version_base="1.3")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group ([] when `group` is not one), as Hydra sees them."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    with hydra_session():
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def sweep_values(value: Any) -> list[Any] | None:
+    """The values of a choice or range sweep; None for anything else (intervals, globs, plain values)."""
+    from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
+
+    if isinstance(value, ChoiceSweep):
+        return list(value.list)
+    if isinstance(value, RangeSweep):
+        return list(range(int(value.start), int(value.stop), int(value.step or 1))) if _is_int(value.start) else None
+    return None
+
+
+def first_job(overrides: Sequence[str]) -> list[str]:
+    """One job of a sweep (the first value of every sweep), to compose and check before launching."""
+    from hydra.core.override_parser.types import Glob, IntervalSweep
+
+    job = []
+    for override in parse_overrides(overrides):
+        value = override.value()
+        if isinstance(value, (Glob, IntervalSweep)):
+            continue  # the sweeper picks these values; nothing to check up front
+        values = sweep_values(value)
+        if values is None:
+            job.append(override.input_line)
+        elif values:
+            job.append(f"{override.get_key_element()}={_override_text(values[0])}")
+    return job
+
+
+def _override_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(_override_text(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def check_sweep(overrides: Sequence[str]) -> None:
+    """Every value of every sweep: group options exist, values pass their rules (before any job starts)."""
+    problems = []
+    for override in parse_overrides(overrides):
+        values = sweep_values(override.value())
+        if not values:
+            continue
+        key = override.key_or_group
+        options = group_options(key)
+        for value in values:
+            if options:
+                problems.extend(_unknown_options(key, value, options))
+            elif (p := problem(key, value)) is not None:
+                problems.append(p)
+    if problems:
+        raise ConfigError(_join(problems))
+
+
+def _unknown_options(group: str, value: Any, options: list[str]) -> list[str]:
+    chosen = value if isinstance(value, list) else [value]
+    return [_option_message(group, str(v), options) for v in chosen if str(v) not in options]
+
+
+def _option_message(group: str, option: str, options: Iterable[str]) -> str:
+    options = list(options)
+    return (f"{group}={option} is not an option of {group}.{did_you_mean(option, options)} "
+            f"Valid: {', '.join(options)} (`dnnlab list {group}` describes each)")
+
+
+# ------------------------------------------------------------------- Hydra's errors, rewritten
+def config_error(error: Exception, overrides: Sequence[str]) -> ConfigError:
+    """One clear paragraph for a Hydra composition error raised while composing `overrides`."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(error, OverrideParseException):
+        parse_overrides(overrides)  # names the line that does not parse
+    missing = getattr(error, "missing_cfg_file", None)
+    if isinstance(error, MissingConfigException) and missing and "/" in missing:
+        group, _, option = missing.rpartition("/")
+        return ConfigError(_option_message(group, option, error.options or group_options(group)) + ".")
+    cause = error.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        return unknown_key(str(cause.full_key), overrides)
+    text = " ".join(str(error).split())
+    if cause is not None:
+        text += " (" + " ".join(str(cause).splitlines()[0].split()) + ")"
+    return ConfigError(text)
+
+
+def unknown_key(full_key: str, overrides: Sequence[str]) -> ConfigError:
+    """`full_key` is not in the config: suggest the closest key and list the valid ones."""
+    parent, _, leaf = full_key.rpartition(".")
+    if parent == "regularization" and leaf in group_options("regularization"):
+        return ConfigError(
+            f"regularization.{leaf}.* applies only when {leaf} is in the regularization list; "
+            f"add it, e.g. regularization=[{leaf}], then set its keys."
+        )
+    cfg = _compose_groups(overrides)
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+    if not parent:
+        from dnnlab.catalog import groups
+
+        keys = sorted(set(keys) | set(groups()) - {"hydra"})
+    where = f"under {parent}" if parent else "at the top level"
+    return ConfigError(
+        f"{full_key} is not a config key.{did_you_mean(leaf, keys, prefix=parent)} Valid keys {where}: {', '.join(keys)}. "
+        f"(`dnnlab train --cfg job` prints the whole config; +{full_key}=VALUE adds a new key on purpose.)"
+    )
+
+
+def _compose_groups(overrides: Sequence[str]) -> DictConfig:
+    """The config with only the group choices of `overrides` applied (so its keys are the valid ones)."""
+    from hydra import compose
+
+    groups = [line for line in first_job(overrides)
+              if "." not in (key := line.split("=", 1)[0].lstrip("+~")) and group_options(key)]
+    with hydra_session():
+        try:
+            return compose("config", overrides=groups)
+        except Exception:  # the group choices are bad too; the defaults still name the common keys
+            return compose("config")

@@ -1,0 +1,150 @@
+"""Every bad input gets one paragraph naming what is wrong and what is valid: no traceback, a
+non-zero exit, and nothing already written is lost. (`dnnlab.cli.main` in-process: no imports to pay.)"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from dnnlab.api import compose, train
+from dnnlab.cli import main
+from dnnlab.errors import ConfigError
+from dnnlab.rundir import RunDir
+
+FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
+        "data.limit=300", "model.depth=2", "model.width=16"]
+
+
+def dnnlab(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, " ".join(err.split())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished 2-epoch run to resume (copied per test that may touch it)."""
+    path = tmp_path_factory.mktemp("run") / "run"
+    train(compose([*FAST, "trainer.epochs=2"]), run_dir=path)
+    return path
+
+
+@pytest.fixture
+def run_copy(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def snapshot(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["optimizer=adamm"], ["optimizer=adamm is not an option", "Did you mean adam?", "Valid: adagrad, adam,", "nadam"]),
+    (["regularization=[l2,dropot]"], ["regularization=dropot", "Did you mean dropout?"]),
+    (["trainer.epoch=3"], ["trainer.epoch is not a config key", "Did you mean trainer.epochs?", "batch_size"]),
+    (["optimizer=sgd", "optimizer.momentm=0.9"], ["Did you mean optimizer.momentum?"]),
+    (["optimizerr=adam"], ["optimizerr is not a config key", "Did you mean optimizer?"]),
+    (["optimizer.lr=-1"], ["optimizer.lr=-1 is not valid", "a number > 0"]),
+    (["trainer.epochs=abc"], ["trainer.epochs='abc' is not valid", "an integer ≥ 1"]),
+    (["regularization=[dropout]", "regularization.dropout.rate=1.5"], ["regularization.dropout.rate=1.5", "[0, 1)"]),
+    (["regularization.dropout.rate=0.5"], ["only when dropout is in the regularization list", "regularization=[dropout]"]),
+    (["model.depth=0"], ["model.depth=0 is not valid", "an integer ≥ 1"]),
+    (["model.depth=0", "optimizer.lr=0"], ["2 config values are not valid", "model.depth=0", "optimizer.lr=0"]),
+    (["model.depth=[1"], ["Cannot read the override 'model.depth=[1'", "key=value"]),
+    (["trainer.device=tpu"], ["trainer.device='tpu' is not valid", "auto, cpu, cuda or cuda:N"]),
+])
+def test_bad_config_is_one_paragraph_before_anything_is_made(capsys, tmp_path, monkeypatch, overrides, words):
+    monkeypatch.chdir(tmp_path)
+    code, err = dnnlab(capsys, "train", *FAST, *overrides)
+    assert code == 2
+    assert err.startswith("dnnlab: error: ")
+    for word in words:
+        assert word in err
+    assert list(tmp_path.iterdir()) == []  # no run folder
+
+
+def test_a_sweep_value_is_checked_before_any_job_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = dnnlab(capsys, "train", "-m", "optimizer=adam,adamm", "optimizer.lr=0.01,-1", *FAST)
+    assert code == 2
+    assert "optimizer=adamm is not an option" in err and "optimizer.lr=-1 is not valid" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_data_file_is_named_and_leaves_no_run_folder(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = dnnlab(capsys, "train", *FAST, "data=mnist", "data.download=false", f"data.root={tmp_path / 'data'}")
+    assert code == 2
+    assert "mnist" in err and "data.download" in err and "not found" in err
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resume_of_a_path_that_is_not_a_run(capsys, tmp_path):
+    code, err = dnnlab(capsys, "train", f"resume={tmp_path / 'nope'}")
+    assert code == 2 and "is not a dnnlab run" in err and "does not exist" in err
+
+
+def test_corrupt_checkpoint_is_named_and_the_run_is_untouched(capsys, run_copy):
+    last = run_copy / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    before = snapshot(run_copy)
+    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "trainer.epochs=4")
+    assert code == 2 and "last.pt cannot be read" in err and "truncated" in err
+    assert snapshot(run_copy) == before
+
+
+def test_mismatched_checkpoint_names_the_layers_and_the_run_is_untouched(capsys, run_copy):
+    before = snapshot(run_copy)
+    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "model.width=32")
+    assert code == 2 and "does not fit the model" in err
+    assert "hidden1.linear.weight is [16, 64] in the checkpoint but [32, 64] in the model" in err
+    assert "output.weight" in err
+    assert snapshot(run_copy) == before
+
+
+def test_checkpoint_with_code_in_it_is_refused(capsys, run_copy):
+    import os
+
+    class MakeDir:
+        def __reduce__(self):
+            return (os.mkdir, (str(run_copy / "code-ran"),))
+
+    torch.save({"model": {}, "evil": MakeDir()}, run_copy / "checkpoints" / "last.pt")
+    code, err = dnnlab(capsys, "train", f"resume={run_copy}")
+    assert code == 2 and "weights_only=True" in err and "refuses" in err
+    assert not (run_copy / "code-ran").exists()
+
+
+def test_resume_cannot_change_a_config_group(capsys, run_copy):
+    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "optimizer=sgd")
+    assert code == 2 and "optimizer=sgd" in err and "not config groups" in err
+
+
+def test_resume_names_a_misspelt_key(capsys, run_copy):
+    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "trainer.epoch=4")
+    assert code == 2 and "Did you mean trainer.epochs?" in err
+
+
+def test_a_length_planned_schedule_cannot_be_extended(capsys, tmp_path):
+    train(compose([*FAST, "trainer.epochs=2", "schedule=1cycle"]), run_dir=tmp_path / "run")
+    code, err = dnnlab(capsys, "train", f"resume={tmp_path / 'run'}", "trainer.epochs=4")
+    assert code == 2 and "total_steps" in err and "cannot change on resume" in err
+
+
+def test_a_run_folder_in_use_is_refused(capsys, run_copy):
+    before = snapshot(run_copy)
+    with RunDir(run_copy).lock():  # another writer holds it
+        code, err = dnnlab(capsys, "train", f"resume={run_copy}", "trainer.epochs=3")
+    assert code == 2 and "in use by another dnnlab process" in err
+    assert snapshot(run_copy) == before
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(ConfigError, match="optimizer.lr=-1"):
+        main(["--debug", "train", "optimizer.lr=-1"])
