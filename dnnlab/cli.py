@@ -37,6 +37,11 @@ commands:
   eval RUN [--mc-dropout N]  evaluate a run's best checkpoint on the test split
   export RUN --fold-bn     fold batch norm away for fast inference, measure latency
 
+runs:
+  Ctrl-C or SIGTERM stops at the last finished epoch (exit 130/143; a second one exits at once), and
+  `dnnlab train resume=RUN [trainer.epochs=N]` continues it exactly, with the run's own config.
+  A NaN/inf loss stops a run as `diverged`; --debug shows the traceback behind an error message.
+
 examples:
   dnnlab train
   dnnlab train resume=outputs/2026-11-23/14-25-02 trainer.epochs=40

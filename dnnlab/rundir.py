@@ -24,7 +24,7 @@ from dnnlab.hooks import Hook
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
 LOCK_NAME = ".lock"
-# Files a checkpoint must hold for `resume=` to continue a run exactly.
+# Keys a checkpoint must hold for `resume=` to continue a run exactly.
 RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks")
 
 
@@ -33,8 +33,8 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
         with os.fdopen(fd, mode) as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -91,8 +91,16 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        with open(self.metrics_path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise
+                # The last row, cut short by a writer killed mid-append: its epoch was never checkpointed.
+        return rows
 
     def keep_metrics_through(self, epoch: int) -> None:
         """Drop rows after `epoch` (written after the checkpoint a resume starts from)."""
@@ -213,8 +221,8 @@ def model_mismatch(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> li
 
 
 def find_checkpoint(resume: str | os.PathLike) -> Path:
-    """`resume=` names a run folder (→ its checkpoints/last.pt) or a checkpoint file."""
-    path = Path(resume).expanduser()
+    """`resume=` names a run folder (→ its checkpoints/last.pt) or a checkpoint file; returns an absolute path."""
+    path = Path(resume).expanduser().absolute()
     if path.is_file():
         return path
     last = path / "checkpoints" / "last.pt"

@@ -221,14 +221,12 @@ def group_options(group: str) -> list[str]:
         return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
-def sweep_values(value: Any) -> list[Any] | None:
+def sweep_values(override: Any) -> list[Any] | None:
     """The values of a choice or range sweep; None for anything else (intervals, globs, plain values)."""
     from hydra.core.override_parser.types import ChoiceSweep, RangeSweep
 
-    if isinstance(value, ChoiceSweep):
-        return list(value.list)
-    if isinstance(value, RangeSweep):
-        return list(range(int(value.start), int(value.stop), int(value.step or 1))) if _is_int(value.start) else None
+    if isinstance(override.value(), (ChoiceSweep, RangeSweep)):
+        return list(override.sweep_iterator())
     return None
 
 
@@ -238,10 +236,9 @@ def first_job(overrides: Sequence[str]) -> list[str]:
 
     job = []
     for override in parse_overrides(overrides):
-        value = override.value()
-        if isinstance(value, (Glob, IntervalSweep)):
+        if isinstance(override.value(), (Glob, IntervalSweep)):
             continue  # the sweeper picks these values; nothing to check up front
-        values = sweep_values(value)
+        values = sweep_values(override)
         if values is None:
             job.append(override.input_line)
         elif values:
@@ -259,7 +256,7 @@ def check_sweep(overrides: Sequence[str]) -> None:
     """Every value of every sweep: group options exist, values pass their rules (before any job starts)."""
     problems = []
     for override in parse_overrides(overrides):
-        values = sweep_values(override.value())
+        values = sweep_values(override)
         if not values:
             continue
         key = override.key_or_group

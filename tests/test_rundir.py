@@ -168,6 +168,17 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path):
         pass
 
 
+def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    run = RunDir(tmp_path)
+    run.append_metrics({"epoch": 1, "val_loss": 1.0})
+    run.append_metrics({"epoch": 2, "val_loss": 0.5})
+    with open(run.metrics_path, "a") as f:
+        f.write('{"epoch": 3, "val_lo')  # killed mid-append
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    run.keep_metrics_through(2)
+    assert run.metrics_path.read_text().count("\n") == 2 and run.read_metrics()[-1]["epoch"] == 2
+
+
 def test_remove_stray_takes_only_folders_that_hold_nothing(tmp_path):
     empty = tmp_path / "outputs" / "day" / "empty"
     (empty / ".hydra").mkdir(parents=True)
