@@ -87,6 +87,9 @@ def train_task(cfg) -> float:
         if cfg.resume:  # a sweep over runs to continue: each continues in its own folder
             cfg = resume_config(cfg.resume, [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")])
         summary = train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C before training began
+        remove_stray(job_dir)
+        raise
     except Exception as error:
         if sweep:
             record_failure(job_dir, error)
@@ -161,7 +164,7 @@ def sweep_exit_code() -> int:
 def preflight(args: Any) -> None:
     """Compose and validate before Hydra makes folders: a bad option, key or value fails here, clearly."""
     from dnnlab import schema
-    from dnnlab.api import compose
+    from dnnlab.api import compose, resume_override
     from dnnlab.errors import UserError
 
     overrides = list(args.overrides)
@@ -169,6 +172,8 @@ def preflight(args: Any) -> None:
         if args.multirun:
             schema.check_sweep(overrides)
             overrides = schema.first_job(overrides)
+            if resume_override(overrides):  # jobs continue runs: Hydra's settings are not part of their config
+                overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
         cfg = compose(overrides)
     except UserError:
         raise

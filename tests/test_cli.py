@@ -39,3 +39,7 @@ def test_resume_through_the_cli_continues_in_the_run_folder_and_leaves_no_other(
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert summary(tmp_path / "first")["epochs"] == 3
     assert "epochs: 3" in (tmp_path / "first" / ".hydra" / "config.yaml").read_text()
+    # A sweep over runs to continue (here one): each job continues in its run's folder.
+    assert main(["train", "-m", "resume=first", "trainer.epochs=4", "hydra.sweep.dir=sweep"]) == 0
+    assert len((tmp_path / "first" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert [p.name for p in (tmp_path / "sweep").iterdir()] == ["multirun.yaml"]  # no empty job folder

@@ -39,9 +39,9 @@ def rows(run: Path) -> list[tuple]:
 def start(cwd: Path, *overrides: str) -> subprocess.Popen:
     """`dnnlab train OVERRIDES` in `cwd`/run, one thread like this test process (same arithmetic)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = open(cwd / "terminal.txt", "w")
-    return subprocess.Popen([sys.executable, "-m", "dnnlab.cli", "train", *overrides, "hydra.run.dir=run"],
-                            cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+    with open(cwd / "terminal.txt", "w") as terminal:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "dnnlab.cli", "train", *overrides, "hydra.run.dir=run"],
+                                cwd=cwd, stdout=terminal, stderr=subprocess.STDOUT, env=env, text=True)
 
 
 def wait_until(condition, proc: subprocess.Popen, cwd: Path, timeout: float = 120) -> None:

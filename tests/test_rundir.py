@@ -59,21 +59,18 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_
     run = RunDir(tmp_path / "run")
     run.save_checkpoint("last", {"model": {"w": torch.zeros(1000)}, "epoch": 1})
     script = textwrap.dedent(f"""
-        import sys, time, torch
-        from dnnlab.rundir import RunDir
+        import time
+        from dnnlab.rundir import RunDir, atomic_write
         def stall_halfway(f):
             f.write(b"PK" * 50_000)
             f.flush()
             print("halfway", flush=True)
             time.sleep(60)
-        run = RunDir({str(run.path)!r})
-        from dnnlab import rundir
-        rundir.atomic_write(run.checkpoint_path("last"), stall_halfway)
+        atomic_write(RunDir({str(run.path)!r}).checkpoint_path("last"), stall_halfway)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "halfway"
-    proc.kill()
-    proc.wait()
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "halfway"
+        proc.kill()
     state = load_checkpoint(run.checkpoint_path("last"))
     assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.zeros(1000))
     assert list(run.path.rglob("*.tmp"))  # the half-written temp file …
