@@ -15,7 +15,9 @@ with a private generator) and adds to the metrics row, for every named block of 
 - `sat_frac/<layer>` (family `saturating` only): fraction of units that are saturated, i.e. whose
   output lies within 1 % of the output range from a bound (sigmoid: below 0.01 or above 0.99;
   tanh: beyond ±0.98) for more than half of the probe samples (and positions);
-- `diag_s`: seconds the probe took, so its cost can be read against `epoch_s`.
+
+`summary.json` gets `diag_s`, the seconds all probes took, to read against the epochs' `epoch_s`
+(a timing in the rows would make two identical runs' rows differ).
 
 The probe runs in eval mode: dropout is off, batch norm uses (and does not update) its running
 statistics, nothing draws random numbers, and gradients come from `torch.autograd.grad` rather than
@@ -100,6 +102,7 @@ class DiagnosticsHook(Hook):
             raise ValueError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
         self.family, self.probe_size, self.seed = family, probe_size, seed
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.seconds = 0.0  # spent in the probe, over the whole run (resumes included)
 
     def on_fit_start(self, trainer) -> None:
         x, y = trainer.data.train_x, trainer.data.train_y
@@ -119,7 +122,16 @@ class DiagnosticsHook(Hook):
             return  # the weights may hold NaN/inf: statistics of them would mislead the verdicts
         t0 = time.perf_counter()
         metrics.update(self.measure(trainer.model, trainer.loss_fn))
-        metrics["diag_s"] = time.perf_counter() - t0
+        self.seconds += time.perf_counter() - t0
+
+    def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
+        summary["diag_s"] = self.seconds
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds = state["seconds"]
 
     def measure(self, model: nn.Module, loss_fn: nn.Module) -> dict[str, float]:
         """Probe forward + backward in eval mode; every statistic, read with one host sync."""
