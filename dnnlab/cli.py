@@ -78,7 +78,8 @@ def train_task(cfg) -> float:
 
     from dnnlab.api import resume_config, train
     from dnnlab.errors import is_user_error
-    from dnnlab.rundir import remove_stray
+    from dnnlab.rundir import RunDir, remove_stray
+    from dnnlab.sweeps import plan_job
 
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
@@ -86,6 +87,14 @@ def train_task(cfg) -> float:
     try:
         if cfg.resume:  # a sweep over runs to continue: each continues in its own folder
             cfg = resume_config(cfg.resume, [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")])
+        elif sweep:
+            action, previous = plan_job(RunDir(job_dir), cfg)
+            if action == "skip":
+                print(f"dnnlab: sweep job {job_dir} already {previous['status']}: skipped", file=sys.stderr)
+                return float(previous.get("best_val_acc") or 0.0)
+            if action == "resume":  # an interrupted or preempted job continues from its last.pt
+                print(f"dnnlab: sweep job {job_dir} was interrupted: resuming", file=sys.stderr)
+                cfg = resume_config(job_dir)
         summary = train(cfg)
     except KeyboardInterrupt:  # Ctrl-C before training began
         remove_stray(job_dir)

@@ -96,6 +96,7 @@ RULES: dict[str, Rule] = {
     "trainer.monitor_mode": choice("min", "max"),
     "trainer.progress": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
+    "trainer.threads": optional(integer(1)),
     "model.depth": integer(1),
     "model.width": integer(1),
     "model.dense": integer(1),

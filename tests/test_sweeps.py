@@ -1,0 +1,121 @@
+"""Sweeps at scale: parallel (joblib), submitit, Optuna, re-running a sweep, thread budgets."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from dnnlab.api import compose, train
+from dnnlab.rundir import RunDir
+from dnnlab.sweeps import plan_job, thread_budget
+
+TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.progress=false"]
+
+
+def dnnlab(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dnnlab.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(job: Path) -> list[dict]:
+    timing = ("epoch_s", "samples_per_s", "diag_s")
+    rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def test_joblib_sweep_equals_the_sequential_one(tmp_path):
+    sweep = ["-m", "optimizer=sgd,adam", *TINY]
+    seq = dnnlab("train", *sweep, "hydra.sweep.dir=seq", cwd=tmp_path)
+    par = dnnlab("train", *sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=par", cwd=tmp_path)
+    assert seq.returncode == 0 and par.returncode == 0, par.stderr[-2000:]
+    for a, b in zip(jobs(tmp_path / "seq"), jobs(tmp_path / "par"), strict=True):
+        assert metrics(a) == metrics(b)
+    assert len(jobs(tmp_path / "par")) == 2
+
+
+def test_rerunning_a_finished_sweep_skips_every_job_and_resumes_an_interrupted_one(tmp_path):
+    args = ["train", "-m", "optimizer=sgd,adam", *TINY, "hydra.sweep.dir=sw"]
+    assert dnnlab(*args, cwd=tmp_path).returncode == 0
+    first = [metrics(j) for j in jobs(tmp_path / "sw")]
+    # Job 1 "was interrupted" after its first epoch: its folder holds epoch 1 only, and no summary.
+    job1 = jobs(tmp_path / "sw")[1]
+    cut = train(compose(["optimizer=adam", *TINY[:-2], "trainer.epochs=1", "trainer.progress=false"]), run_dir=tmp_path / "cut")
+    assert cut["status"] == "completed"
+    again = dnnlab(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("skipped") == 2
+    # Now cut job 1 back to epoch 1 with the right config, as an interruption would leave it.
+    (job1 / "summary.json").unlink()
+    RunDir(job1).keep_metrics_through(1)
+    state_epoch1 = tmp_path / "cut" / "checkpoints" / "last.pt"
+    cfg1 = OmegaConf.load(job1 / ".hydra" / "config.yaml")
+    import torch
+    state = torch.load(state_epoch1, weights_only=True)
+    state["config"] = OmegaConf.to_yaml(cfg1, resolve=True)  # same job config, trainer.epochs=2
+    torch.save(state, job1 / "checkpoints" / "last.pt")
+    third = dnnlab(*args, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert third.stderr.count("skipped") == 1 and "resuming" in third.stderr
+    assert metrics(job1) == first[1]  # the resumed job reproduces the uninterrupted numbers
+
+
+def test_plan_job_reruns_failed_and_different_configs(tmp_path):
+    cfg = compose(TINY)
+    run = RunDir(tmp_path / "job")
+    assert plan_job(run, cfg) == ("fresh", None)
+    train(cfg, run_dir=run.path)
+    action, summary = plan_job(run, cfg)
+    assert action == "skip" and summary["status"] == "completed"
+    other = compose([*TINY, "optimizer.lr=0.1"])  # an Optuna re-run may give this job number new values
+    assert plan_job(run, other)[0] == "fresh"
+    assert not run.metrics_path.exists() and not run.checkpoint_path("last").exists()
+    run.write_summary({"status": "failed", "error": "boom"})
+    assert plan_job(run, cfg)[0] == "fresh" and not run.summary_path.exists()
+
+
+def test_thread_budget_rule(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    joblib = OmegaConf.create({"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}})
+    assert thread_budget(None, joblib) == 2
+    assert thread_budget(3, joblib) == 3  # trainer.threads wins
+    assert thread_budget(None, OmegaConf.create({"launcher": {"_target_": "x.JoblibLauncher", "n_jobs": -1}})) == 1
+    assert thread_budget(None, OmegaConf.create({"launcher": {"_target_": "x.SlurmLauncher", "cpus_per_task": 6}})) == 6
+    assert thread_budget(None, OmegaConf.create({"launcher": {"_target_": "x.BasicLauncher"}})) is None
+    assert thread_budget(None, None) is None
+
+
+def test_optuna_search_best_value_matches_the_best_run(tmp_path):
+    result = dnnlab("train", "-m", "experiment=search", "hydra.sweeper.n_trials=3", *TINY, "hydra.sweep.dir=opt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = yaml.safe_load((tmp_path / "opt" / "optimization_results.yaml").read_text())
+    values = [json.loads((j / "summary.json").read_text())["best_val_acc"] for j in jobs(tmp_path / "opt")]
+    assert len(values) == 3
+    assert best["best_value"] == pytest.approx(max(values))
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "regularization.dropout.rate"}
+
+
+def test_submitit_local_sweep_completes(tmp_path):
+    result = dnnlab("train", "-m", "hydra/launcher=submitit_local", "optimizer=sgd,adam", *TINY, "hydra.sweep.dir=sub", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = jobs(tmp_path / "sub")
+    assert len(done) == 2
+    assert all(json.loads((j / "summary.json").read_text())["status"] == "completed" for j in done)
+
+
+def test_slurm_launcher_config_has_documented_keys():
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("dnnlab.conf", version_base="1.3"):
+        cfg = hydra_compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0 and launcher.mem_gb > 0 and launcher.max_num_timeout > 0
