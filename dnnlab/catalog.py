@@ -28,6 +28,7 @@ def describe(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     parser = argparse.ArgumentParser(prog="dnnlab list", description=__doc__)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("what it is")
     for group in [args.group] if args.group else valid:
         for name, text in options(group).items():
-            table.add_row(group, name, text)
+            table.add_row(group, name, escape(text))  # descriptions are plain text, not rich markup
         table.add_section()
     Console().print(table)
     return 0

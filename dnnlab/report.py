@@ -380,6 +380,31 @@ def sweep_markdown(runs: Sequence[Run], rows: list[dict[str, Any]], plot: Path, 
     return "\n".join(parts)
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Override values compare as numbers when both are numbers (0.001 == 1e-3), else as text."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def best_trial(path: Path, runs: Sequence[Run]) -> dict[str, Any] | None:
+    """An Optuna sweep's best trial (its optimization_results.yaml) and the run folder that holds it."""
+    results = path / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    best = OmegaConf.to_container(OmegaConf.load(results))
+    params = best.get("best_params", {})
+    match = next((r for r in runs if params and all(same_value(r.overrides.get(k), v) for k, v in params.items())), None)
+    return {"value": best.get("best_value"), "params": params, "run": str(match.path) if match else None}
+
+
+def best_trial_text(trial: dict[str, Any]) -> str:
+    params = " ".join(f"{k}={v}" for k, v in trial["params"].items())
+    where = f" — run {trial['run']}" if trial["run"] else ""
+    return f"best trial (Optuna): {trial['value']} with {params}{where}"
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plots = [sweep_plot(runs, out)]
         text = sweep_markdown(runs, rows, plots[0], args.sort)
+    trials = [t for t in (best_trial(p, runs) for p in args.paths) if t]
+    text += "".join(f"\n## Best trial\n\n{best_trial_text(t)}\n" for t in trials)
     (out / "report.md").write_text(text)
     if single and args.format is None:
         from dnnlab.console import results_table
@@ -453,5 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         print_rich(results_table({**runs[0].summary, "health": runs[0].health}))
     else:
         render(rows, args.format, f"dnnlab report: {len(runs)} runs, sorted by {args.sort}")
+    for trial in trials:
+        status.print(best_trial_text(trial), markup=False, highlight=False)
     status.print(f"wrote report.md and {len(plots)} plot(s) to {out}")
     return 0

@@ -278,8 +278,9 @@ def _unknown_options(group: str, value: Any, options: list[str]) -> list[str]:
 
 def _option_message(group: str, option: str, options: Iterable[str]) -> str:
     options = list(options)
+    described = "" if group.startswith("hydra/") else f" (`dnnlab list {group}` describes each)"
     return (f"{group}={option} is not an option of {group}.{did_you_mean(option, options)} "
-            f"Valid: {', '.join(options)} (`dnnlab list {group}` describes each)")
+            f"Valid: {', '.join(options)}{described}")
 
 
 # ------------------------------------------------------------------- Hydra's errors, rewritten
@@ -293,7 +294,7 @@ def config_error(error: Exception, overrides: Sequence[str]) -> ConfigError:
     missing = getattr(error, "missing_cfg_file", None)
     if isinstance(error, MissingConfigException) and missing and "/" in missing:
         group, _, option = missing.rpartition("/")
-        return ConfigError(_option_message(group, option, error.options or group_options(group)) + ".")
+        return ConfigError(_option_message(group, option, error.options or group_options(group)) + "." + plugin_hint(group, option))
     cause = error.__cause__
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
         return unknown_key(str(cause.full_key), overrides)
@@ -301,6 +302,22 @@ def config_error(error: Exception, overrides: Sequence[str]) -> ConfigError:
     if cause is not None:
         text += " (" + " ".join(str(cause).splitlines()[0].split()) + ")"
     return ConfigError(text)
+
+
+# Hydra plugins behind launcher/sweeper options, all in dnnlab's `sweeps` extra.
+PLUGINS = {
+    "hydra/launcher": {"joblib": "hydra-joblib-launcher", "submitit_local": "hydra-submitit-launcher",
+                       "submitit_slurm": "hydra-submitit-launcher", "slurm": "hydra-submitit-launcher"},
+    "hydra/sweeper": {"optuna": "hydra-optuna-sweeper"},
+}
+
+
+def plugin_hint(group: str, option: str) -> str:
+    """For a launcher/sweeper whose Hydra plugin is not installed: the extra that brings it."""
+    package = PLUGINS.get(group, {}).get(option)
+    if package is None:
+        return ""
+    return f" {group}={option} comes from the Hydra plugin {package}: install it with pip install -e \".[sweeps]\" (or pip install {package})."
 
 
 def unknown_key(full_key: str, overrides: Sequence[str]) -> ConfigError:

@@ -99,6 +99,12 @@ def test_optuna_search_best_value_matches_the_best_run(tmp_path):
     assert len(values) == 3
     assert best["best_value"] == pytest.approx(max(values))
     assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "regularization.dropout.rate"}
+    report = dnnlab("report", "opt", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "best trial (Optuna)" in report.stderr and str(best["best_value"]) in report.stderr
+    best_job = max(jobs(tmp_path / "opt"), key=lambda j: json.loads((j / "summary.json").read_text())["best_val_acc"])
+    assert f"run {best_job}" in " ".join(report.stderr.split())
+    assert "Best trial" in (tmp_path / "opt" / "report.md").read_text()
 
 
 def test_submitit_local_sweep_completes(tmp_path):
@@ -119,3 +125,13 @@ def test_slurm_launcher_config_has_documented_keys():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.gpus_per_node == 1 and launcher.timeout_min > 0 and launcher.mem_gb > 0 and launcher.max_num_timeout > 0
+
+
+def test_missing_plugin_names_the_extra():
+    from hydra.errors import MissingConfigException
+
+    from dnnlab.schema import config_error
+
+    error = MissingConfigException("Could not find 'hydra/sweeper/optuna'", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
+    message = str(config_error(error, ["hydra/sweeper=optuna"]))
+    assert "hydra-optuna-sweeper" in message and ".[sweeps]" in message and "Valid: basic" in message
