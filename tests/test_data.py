@@ -393,3 +393,16 @@ def test_corrupt_cifar_batch_names_the_file(tmp_path):
     (batches / "data_batch_3").write_bytes(b"garbage")
     with pytest.raises(DataError, match="data_batch_3"):
         load_data(make_cfg("cifar10", root=str(tmp_path), download=False))
+
+
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    batches = tmp_path / "cifar10" / data.CIFAR10_DIR
+    write_fake_cifar(batches)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (batches / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="test_batch"):
+        load_data(make_cfg("cifar10", root=str(tmp_path), download=False))
