@@ -14,11 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from dnnlab import schema
+from dnnlab import schema, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import observer_hooks
 from dnnlab.hooks import Hook
+from dnnlab.models import check_self_normalizing
 from dnnlab.optim import build_optimizer
+from dnnlab.pretrain import build_task
 from dnnlab.regularization import Regularizer
 from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
 from dnnlab.rundir import (
@@ -129,7 +131,7 @@ def build_model(cfg: DictConfig, data: Splits, regularizers: Sequence[Regularize
     if len(dropouts) > 1:
         raise ValueError("regularization lists both dropout and alpha_dropout; choose one")
     norm = cfg.normalization
-    architecture = instantiate(cfg.model, _partial_=True)
+    architecture = instantiate(transfer.architecture_config(cfg.model), _partial_=True)
     model = architecture(
         input_shape=tuple(data.input_shape),
         n_classes=data.n_classes,
@@ -139,6 +141,7 @@ def build_model(cfg: DictConfig, data: Splits, regularizers: Sequence[Regularize
         dropout=dropouts[0] if dropouts else None,
     )
     instantiate(cfg.initializer)(model)
+    transfer.apply(model, cfg)  # model.pretrained / model.freeze
     return model
 
 
@@ -208,14 +211,17 @@ def check_schedule_length(trainer: Trainer, saved: dict[str, Any]) -> None:
 def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()) -> Trainer:
     """Everything `train` builds, wired together but not yet run."""
     seed_everything(cfg.seed)
+    check_self_normalizing(cfg)
     device = pick_device(cfg.trainer.device)
-    data = load_data(cfg.data).to(device)
+    task = build_task(cfg.model)
+    data = task.prepare(load_data(cfg.data)).to(device)
     regularizers = build_regularizers(cfg)
     model = build_model(cfg, data, regularizers).to(device)
-    optimizer, clipper = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model))
     steps_per_epoch = -(-len(data.train_y) // cfg.trainer.batch_size)
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
+    hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
     hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts, logger: before RunFolderHook
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
     hooks.extend(extra_hooks)
@@ -223,6 +229,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
         model, data, optimizer, clipper, schedule, regularizers, hooks,
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, seed=cfg.seed,
+        loss_fn=task.loss_fn, score_fn=task.score_fn,
     )
 
 

@@ -1,14 +1,17 @@
-"""Model architectures (the `model` config group): a plain MLP and a small CNN.
+"""Model architectures (the `model` config group): a plain MLP, a small CNN and an autoencoder.
 
-Both are `nn.Sequential`s of named blocks (`hidden1`, `conv1`, …, `output`) so that layer names are
-stable across runs: diagnostics key on them and pretrained weights load by them.
+All are `nn.Sequential`s of named blocks (`hidden1`, `conv1`, …, `output`) so that layer names are
+stable across runs: diagnostics key on them and pretrained weights load by them (the autoencoder's
+encoder blocks are named exactly like the MLP's hidden blocks, so an MLP can reuse them).
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from typing import Callable
 
+from omegaconf import DictConfig
 from torch import nn
 
 Factory = Callable[..., nn.Module]
@@ -46,15 +49,61 @@ def mlp(
     dropout: Factory | None = None,
 ) -> nn.Sequential:
     """`depth` hidden layers of `width` units; with norm before the activation the layer has no bias."""
+    layers = [("flatten", nn.Flatten()), *_dense_stack(math.prod(input_shape), depth, width, activation, norm, norm_position, dropout)]
+    layers.append(("output", nn.Linear(width if depth else math.prod(input_shape), n_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+mlp.dense_sequential = True  # SELU's self-normalization holds for it (see self_normalizing_problems)
+
+
+def _dense_stack(
+    fan_in: int,
+    depth: int,
+    width: int,
+    activation: Factory,
+    norm: Factory | None,
+    norm_position: str,
+    dropout: Factory | None,
+) -> list[tuple[str, nn.Module]]:
+    """`depth` dense blocks `hidden1…`, `fan_in` → `width` → … → `width`."""
     bias = not (norm is not None and norm_position == "before")
-    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
-    fan_in = math.prod(input_shape)
+    layers = []
     for i in range(1, depth + 1):
         linear = nn.Linear(fan_in, width, bias=bias)
         layers.append((f"hidden{i}", _block(linear, width, activation, norm, norm_position, dropout)))
         fan_in = width
-    layers.append(("output", nn.Linear(fan_in, n_classes)))
+    return layers
+
+
+def autoencoder(
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    activation: Factory,
+    depth: int = 2,
+    width: int = 32,
+    norm: Factory | None = None,
+    norm_position: str = "none",
+    dropout: Factory | None = None,
+) -> nn.Sequential:
+    """Stacked autoencoder: encoder `hidden1…hidden{depth}` (the MLP's blocks), mirrored decoder `decode{depth}…decode1`.
+
+    The output is the reconstruction of the flattened input (`n_classes` is ignored). `decode{k}`
+    maps block k's codings back to block k-1's (`decode1`, a plain linear layer, to the input), so
+    each encoder/decoder pair is also a shallow autoencoder for greedy layer-wise training.
+    """
+    n_features = math.prod(input_shape)
+    if depth < 1:
+        raise ValueError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
+    layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, depth, width, activation, norm, norm_position, dropout)]
+    bias = not (norm is not None and norm_position == "before")
+    for k in range(depth, 1, -1):  # decoder blocks have no dropout: they reconstruct clean codings
+        layers.append((f"decode{k}", _block(nn.Linear(width, width, bias=bias), width, activation, norm, norm_position, None)))
+    layers.append(("decode1", nn.Linear(width, n_features)))
     return nn.Sequential(OrderedDict(layers))
+
+
+autoencoder.dense_sequential = True
 
 
 def cnn(
@@ -91,3 +140,36 @@ def cnn(
     layers.append(("hidden1", _block(linear, dense, activation, norm, norm_position, dropout)))
     layers.append(("output", nn.Linear(dense, n_classes)))
     return nn.Sequential(OrderedDict(layers))
+
+
+def self_normalizing_problems(cfg: DictConfig) -> list[str]:
+    """What breaks SELU's self-normalization in this config (Klambauer et al. 2017; Géron ch. 11).
+
+    It needs a plain stack of dense layers, standardized inputs, LeCun-normal weights, and no
+    normalization layers or ordinary dropout (alpha dropout is fine); empty when not SELU.
+    """
+    from hydra.utils import get_method
+
+    if cfg.activation.module.get("_target_") != "torch.nn.SELU":
+        return []
+    problems = []
+    if not getattr(get_method(cfg.model._target_), "dense_sequential", False):
+        problems.append(f"model={cfg.model._target_.rsplit('.', 1)[-1]} is not a plain dense stack (use model=mlp)")
+    if cfg.data.get("scaling") != "standardize":
+        problems.append(f"data.scaling={cfg.data.get('scaling')} (needs standardize)")
+    weight = cfg.initializer.get("weight") or {}
+    if not (str(weight.get("_target_", "")).endswith("kaiming_normal_") and weight.get("nonlinearity") == "linear"
+            and weight.get("mode", "fan_in") == "fan_in"):
+        problems.append("the initializer is not LeCun normal (use initializer=lecun_normal)")
+    if cfg.normalization.get("layer") is not None:
+        problems.append("a normalization layer is added (use normalization=none)")
+    if any(str(node.get("_target_")) == "dnnlab.regularization.Dropout" for node in cfg.regularization.values()):
+        problems.append("plain dropout is added (use alpha_dropout)")
+    return problems
+
+
+def check_self_normalizing(cfg: DictConfig) -> None:
+    """Warn in one line when a SELU network's self-normalization conditions are broken."""
+    problems = self_normalizing_problems(cfg)
+    if problems:
+        logging.getLogger("dnnlab").warning("SELU will not self-normalize: %s.", "; ".join(problems))

@@ -31,6 +31,6 @@ def build_optimizer(cfg: DictConfig, params: Iterable[Any]) -> tuple[torch.optim
     params = list(params)
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     clip = {k: kwargs.pop(k, None) for k in CLIP_KEYS}
-    optimizer = instantiate(kwargs, params)
+    optimizer = instantiate(kwargs, params, _convert_="all")  # plain lists (betas): checkpoints must load with weights_only
     tensors = [p for group in optimizer.param_groups for p in group["params"]]
     return optimizer, GradClipper(tensors, **clip)
