@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from dnnlab import schema, transfer
+from dnnlab import schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import observer_hooks
 from dnnlab.hooks import Hook
@@ -208,13 +208,13 @@ def check_schedule_length(trainer: Trainer, saved: dict[str, Any]) -> None:
             )
 
 
-def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()) -> Trainer:
-    """Everything `train` builds, wired together but not yet run."""
+def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = (), data: Splits | None = None) -> Trainer:
+    """Everything `train` builds, wired together but not yet run; `data` replaces cfg.data's (benchmarks)."""
     seed_everything(cfg.seed)
     check_self_normalizing(cfg)
     device = pick_device(cfg.trainer.device)
     task = build_task(cfg.model)
-    data = task.prepare(load_data(cfg.data)).to(device)
+    data = task.prepare(data if data is not None else load_data(cfg.data)).to(device)
     regularizers = build_regularizers(cfg)
     model = build_model(cfg, data, regularizers).to(device)
     optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model))
@@ -238,6 +238,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from dnnlab.console import ProgressBar, attach_console, console, results_table
 
     schema.validate(cfg)  # before anything is built or written
+    threads = sweeps.thread_budget(cfg.trainer.get("threads"), sweeps.sweep_job())
+    if threads:
+        torch.set_num_threads(threads)  # parallel sweep jobs must not oversubscribe the cores
     checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
     # A resumed run continues in its own folder.
     run = RunDir(run_dir or (checkpoint and run_folder_of(checkpoint)) or default_run_dir())
