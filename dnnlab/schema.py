@@ -97,6 +97,7 @@ RULES: dict[str, Rule] = {
     "trainer.progress": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
     "trainer.threads": optional(integer(1)),
+    "optimizer.implementation": choice("auto", "fused", "foreach", "loop"),
     "model.depth": integer(1),
     "model.width": integer(1),
     "model.dense": integer(1),

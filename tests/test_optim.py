@@ -53,3 +53,32 @@ def test_clip_by_norm_keeps_direction():
     g = grads_after_clip("optimizer.clip_norm=1.0")
     assert g.norm().item() == pytest.approx(1.0, rel=1e-5)
     assert torch.allclose(g / g.norm(), torch.tensor([3.0, -4.0, 0.5, 0.0]) / torch.tensor([3.0, -4.0, 0.5, 0.0]).norm())
+
+
+@pytest.mark.parametrize("name, auto", [("adam", "fused"), ("adamw", "fused"), ("sgd", "fused"), ("nadam", "foreach"), ("rmsprop", "foreach")])
+def test_auto_implementation_takes_the_fastest_pytorch_kernel(name, auto):
+    opt, _ = build_optimizer(compose([f"optimizer={name}"]).optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    assert opt.defaults.get(auto) is True
+    loop, _ = build_optimizer(compose([f"optimizer={name}", "optimizer.implementation=loop"]).optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    assert not loop.defaults.get("fused") and loop.defaults.get("foreach") is False
+
+
+@pytest.mark.parametrize("name", ["adam", "nadam", "sgd", "momentum"])
+def test_fused_and_loop_implementations_take_the_same_steps(name):
+    def run(implementation: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+        opt, _ = build_optimizer(compose([f"optimizer={name}", f"optimizer.implementation={implementation}"]).optimizer, model.parameters())
+        x = torch.randn(16, 5)
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        return model.weight.detach()
+
+    assert torch.allclose(run("auto"), run("loop"), atol=1e-6)
+
+
+def test_bad_implementation_is_named():
+    with pytest.raises(ValueError, match="optimizer.implementation"):
+        build_optimizer(compose(["optimizer.implementation=fast"]).optimizer, [torch.nn.Parameter(torch.zeros(2))])

@@ -22,12 +22,12 @@ FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=c
 SMALL = [*FAST, "data.limit=300", "model.depth=2", "model.width=16"]
 # Every stateful technique in play: dropout (RNG), batch norm (running stats), early stopping
 # (patience counter, best weights), a per-step (1cycle) or a plateau (performance) schedule.
-STATEFUL = [*FAST, "data.limit=300", "model.width=32", "trainer.batch_size=16", "trainer.epochs=10",
+STATEFUL = [*FAST, "data.limit=300", "model.width=32", "trainer.batch_size=16",
             "normalization=batchnorm", "regularization=[dropout,early_stopping]"]
-ONE_CYCLE = [*STATEFUL, "schedule=1cycle", "regularization.early_stopping.patience=1",
+ONE_CYCLE = [*STATEFUL, "schedule=1cycle", "trainer.epochs=10", "regularization.early_stopping.patience=1",
              "regularization.early_stopping.min_delta=0.05"]
-PLATEAU = [*STATEFUL, "schedule=performance", "schedule.patience=0", "optimizer.lr=0.05",
-           "regularization.early_stopping.patience=2"]
+PLATEAU = [*STATEFUL, "schedule=performance", "schedule.patience=0", "optimizer.lr=0.05", "trainer.epochs=16",
+           "regularization.early_stopping.patience=2", "regularization.early_stopping.min_delta=0.03"]
 COMPARED = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
