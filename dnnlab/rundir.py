@@ -42,9 +42,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -124,6 +129,23 @@ class RunDir:
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
+
+    def copy_checkpoint(self, source: str, target: str) -> None:
+        """Make `target` hold what `source` holds now, atomically: a hard link, no second serialization.
+
+        Checkpoints are only ever replaced by rename, never rewritten in place, so the link keeps
+        today's contents when `source` is replaced later.
+        """
+        src, dst = self.checkpoint_path(source), self.checkpoint_path(target)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link{TEMP_SUFFIX}")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # a file system without hard links: copy the bytes instead
+            atomic_write(dst, lambda f: f.write(src.read_bytes()))
+            return
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -314,10 +336,9 @@ class RunFolderHook(Hook):
         best = self.improved(value)
         if best:
             self.best, self.best_epoch = value, metrics["epoch"]
-        state = self.checkpoint(trainer)
+        self.run.save_checkpoint("last", self.checkpoint(trainer))
         if best:
-            self.run.save_checkpoint("best", state)
-        self.run.save_checkpoint("last", state)
+            self.run.copy_checkpoint("last", "best")
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
         rows = self.run.read_metrics()

@@ -191,22 +191,20 @@ class Trainer:
         """One pass over the shuffled training split; returns device tensors (mean loss, accuracy, finite steps)."""
         self.model.train()
         x_all, y_all = self.data.train_x, self.data.train_y
-        n = len(y_all)
+        n, size = len(y_all), self.batch_size
         order = torch.randperm(n, device=self.device, generator=self.generator)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        all_finite = torch.ones((), device=self.device, dtype=torch.bool)
-        finite_steps = torch.zeros((), device=self.device, dtype=torch.long)
-        for start in range(0, n, self.batch_size):
+        # Per-step results land in device buffers (one small copy each) and are reduced once per epoch.
+        losses = torch.zeros(self.steps_per_epoch, device=self.device)
+        hits = torch.zeros(self.steps_per_epoch, device=self.device, dtype=torch.long)
+        for i, start in enumerate(range(0, n, size)):
             if self.interrupted is not None:
                 break  # a signal: fit abandons this epoch
-            idx = order[start : start + self.batch_size]
-            loss, hits = self.train_step(x_all[idx], y_all[idx])
-            loss_sum += loss * idx.numel()
-            correct += hits
-            all_finite &= torch.isfinite(loss)
-            finite_steps += all_finite  # counts steps before the first non-finite loss
-        return loss_sum / n, correct.float() / n, finite_steps
+            idx = order[start : start + size]
+            losses[i], hits[i] = self.train_step(x_all[idx], y_all[idx])
+        batch_sizes = torch.full_like(losses, size)
+        batch_sizes[-1] = n - size * (self.steps_per_epoch - 1)
+        finite_steps = torch.isfinite(losses).cumprod(0).sum()  # steps before the first non-finite loss
+        return (losses * batch_sizes).sum() / n, hits.sum().float() / n, finite_steps
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss + penalties, backward, clip, step, constraints, per-step schedule."""

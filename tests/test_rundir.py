@@ -237,3 +237,17 @@ def test_an_error_during_training_writes_status_failed_then_raises(tmp_path):
     summary = run.read_summary()
     assert summary["status"] == "failed" and "boom in a hook" in summary["error"]
     assert load_checkpoint(run.checkpoint_path("last"))["epoch"] == 2  # written before the hook raised
+
+
+def test_best_is_a_snapshot_that_survives_later_writes_of_last(tmp_path):
+    import torch
+
+    from dnnlab.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.save_checkpoint("last", {"epoch": 1})
+    run.copy_checkpoint("last", "best")
+    run.save_checkpoint("last", {"epoch": 2})
+    assert torch.load(run.checkpoint_path("best"), weights_only=True)["epoch"] == 1
+    assert torch.load(run.checkpoint_path("last"), weights_only=True)["epoch"] == 2
+    assert not [p for p in run.checkpoint_path("last").parent.iterdir() if p.name.startswith(".")]
