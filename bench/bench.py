@@ -1,0 +1,247 @@
+"""Throughput benchmark: dnnlab's trainer versus hand-written PyTorch loops, in one process.
+
+    python bench/bench.py              # full workloads (minutes on a 2-core CPU)
+    python bench/bench.py --quick      # small versions, end to end in well under a minute
+    python bench/bench.py --json out.json --device cuda
+
+Loops compared on the same model, data, optimizer (Adam) and batch size, each doing E epochs of
+training plus a validation pass per epoch: (a) dnnlab's Trainer through its Python API, run folder
+and checkpoints included; (b) a lean hand-written loop (data on the device, batches by index, one
+host sync per epoch) with PyTorch's default Adam, and the same with fused Adam (what dnnlab's
+`optimizer.implementation=auto` picks); (c) a typical DataLoader loop (per-batch host→device copies, loss.item() per
+step); (d) PyTorch Lightning when installed. Prints samples/s and the ratio to (b).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dnnlab.api import build_model, build_trainer, compose
+from dnnlab.data import Splits
+from dnnlab.rundir import RunDir
+
+
+@dataclass
+class Workload:
+    name: str
+    overrides: list[str]
+    input_shape: tuple[int, ...]
+    batch_size: int
+    n_train: int
+    n_val: int = field(default=0)
+
+    def __post_init__(self):
+        self.n_val = self.n_val or self.n_train // 10
+
+
+def workloads(quick: bool) -> list[Workload]:
+    n = 6_000 if quick else 60_000
+    return [
+        Workload("mlp 784-300-100-10, batch 128", ["model.depth=2", "model.width=300"], (784,), 128, n),
+        Workload("mlp 20x100 elu, batch 128", ["model.depth=20", "model.width=100", "activation=elu"], (784,), 128, n),
+        Workload("mlp 20x100 elu, batch 1024", ["model.depth=20", "model.width=100", "activation=elu"], (784,), 1024, n),
+        Workload("cnn 32x32x3, batch 128", ["model=cnn", "model.depth=2", "model.width=32", "model.dense=128"], (3, 32, 32), 128, n // 6),
+    ]
+
+
+def random_splits(w: Workload, device: torch.device) -> Splits:
+    g = torch.Generator().manual_seed(0)
+    def part(n):
+        return torch.randn(n, *w.input_shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+    (tx, ty), (vx, vy), (sx, sy) = part(w.n_train), part(w.n_val), part(w.n_val)
+    return Splits(tx, ty, vx, vy, sx, sy, n_classes=10, input_shape=w.input_shape, name="random").to(device)
+
+
+def config(w: Workload, epochs: int, device: str, extra: list[str]):
+    base = [f"trainer.batch_size={w.batch_size}", f"trainer.epochs={epochs}", f"trainer.device={device}",
+            "trainer.progress=false", "optimizer=adam"]
+    return compose([*base, *w.overrides, *extra])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def lean_loop(model: nn.Module, data: Splits, batch_size: int, epochs: int, fused: bool = False) -> float:
+    """The hand-written limit: device-resident data, index batches, one .item() per epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
+    loss_fn = nn.CrossEntropyLoss()
+    n, dev = len(data.train_y), data.train_x.device
+    sync(dev)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        total = torch.zeros((), device=dev)
+        for idx in torch.randperm(n, device=dev).split(batch_size):
+            loss = loss_fn(model(data.train_x[idx]), data.train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        model.eval()
+        with torch.no_grad():
+            val = loss_fn(model(data.val_x), data.val_y)
+        (total + val).item()
+    sync(dev)
+    return n * epochs / (time.perf_counter() - start)
+
+
+def dataloader_loop(model: nn.Module, data: Splits, batch_size: int, epochs: int) -> float:
+    """What most tutorials write: a DataLoader over CPU tensors, .to(device) and .item() every step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dev = data.train_x.device
+    train = DataLoader(TensorDataset(data.train_x.cpu(), data.train_y.cpu()), batch_size=batch_size, shuffle=True)
+    val = DataLoader(TensorDataset(data.val_x.cpu(), data.val_y.cpu()), batch_size=1024)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    sync(dev)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        running = 0.0
+        for x, y in train:
+            x, y = x.to(dev), y.to(dev)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            running += loss.item()
+        model.eval()
+        with torch.no_grad():
+            for x, y in val:
+                loss_fn(model(x.to(dev)), y.to(dev)).item()
+    sync(dev)
+    return len(data.train_y) * epochs / (time.perf_counter() - start)
+
+
+def dnnlab_loop(w: Workload, data: Splits, epochs: int, device: str, extra: list[str]) -> float:
+    """dnnlab's Trainer via the Python API, run folder, checkpoints and hooks included."""
+    cfg = config(w, epochs, device, extra)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = build_trainer(cfg, RunDir(tmp), data=data)
+        sync(data.train_x.device)
+        start = time.perf_counter()
+        trainer.fit()
+        sync(data.train_x.device)
+        return len(data.train_y) * epochs / (time.perf_counter() - start)
+
+
+def lightning_loop(model: nn.Module, data: Splits, batch_size: int, epochs: int) -> float | None:
+    try:
+        import lightning.pytorch as pl
+    except ImportError:
+        return None
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net, self.loss_fn = model, nn.CrossEntropyLoss()
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return self.loss_fn(self.net(x), y)
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            self.log("val_loss", self.loss_fn(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    train = DataLoader(TensorDataset(data.train_x.cpu(), data.train_y.cpu()), batch_size=batch_size, shuffle=True)
+    val = DataLoader(TensorDataset(data.val_x.cpu(), data.val_y.cpu()), batch_size=1024)
+    accel = "gpu" if data.train_x.is_cuda else "cpu"
+    trainer = pl.Trainer(max_epochs=epochs, accelerator=accel, devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    start = time.perf_counter()
+    trainer.fit(Module(), train, val)
+    return len(data.train_y) * epochs / (time.perf_counter() - start)
+
+
+def fresh_model(w: Workload, data: Splits, device: str) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(config(w, 1, device, []), data).to(data.train_x.device)
+
+
+def measure(w: Workload, device: str, epochs: int, repeats: int, variants: dict[str, list[str]]) -> dict:
+    dev = torch.device(device)
+    data = random_splits(w, dev)
+    row: dict[str, float | None] = {}
+    # Warm-up (allocator, kernels) before anything is timed.
+    lean_loop(fresh_model(w, data, device), data, w.batch_size, 1)
+    row["lean"] = max(lean_loop(fresh_model(w, data, device), data, w.batch_size, epochs) for _ in range(repeats))
+    row["lean fused"] = max(lean_loop(fresh_model(w, data, device), data, w.batch_size, epochs, fused=True) for _ in range(repeats))
+    row["dataloader"] = dataloader_loop(fresh_model(w, data, device), data, w.batch_size, epochs)
+    for label, extra in variants.items():
+        row[label] = max(dnnlab_loop(w, data, epochs, device, extra) for _ in range(repeats))
+    row["lightning"] = lightning_loop(fresh_model(w, data, device), data, w.batch_size, epochs)
+    return row
+
+
+def startup_seconds() -> float:
+    """Wall time of `dnnlab train experiment=smoke` in a fresh process (imports included)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dnnlab.cli", "train", "experiment=smoke"], cwd=tmp, check=True,
+                       capture_output=True)
+        return time.perf_counter() - start
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small workloads, 1 repeat")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--only", help="run only the workloads whose name contains this text")
+    args = parser.parse_args(argv)
+    epochs = args.epochs or (1 if args.quick else 3)
+    repeats = 1 if args.quick else 3
+    variants = {"dnnlab": [], "dnnlab no-diag": ["trainer.diagnostics=false"]}
+    results = {"machine": machine(), "device": args.device, "epochs": epochs, "workloads": {}}
+    for w in (w for w in workloads(args.quick) if not args.only or args.only in w.name):
+        row = measure(w, args.device, epochs, repeats, variants)
+        results["workloads"][w.name] = row
+    results["startup_smoke_s"] = startup_seconds()
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"samples/s (ratio to lean) — {results['machine']}, {results['device']}")
+    columns = list(next(iter(results["workloads"].values())))
+    table.add_column("workload")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, row in results["workloads"].items():
+        cells = [f"{row[c]:,.0f} ({row[c] / row['lean']:.2f}×)" if row[c] else "not installed" for c in columns]
+        table.add_row(name, *cells)
+    Console().print(table)
+    Console().print(f"start-up: dnnlab train experiment=smoke takes {results['startup_smoke_s']:.2f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
