@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -35,10 +36,9 @@ class ProgressBar(Hook):
         self.progress = Progress(
             TextColumn("[bold]epoch"),
             MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.description}"),
             console=self.out,
             transient=False,
         )
@@ -46,10 +46,9 @@ class ProgressBar(Hook):
         self.task = self.progress.add_task("", total=self.epochs, completed=trainer.epoch)
 
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
-        text = (
-            f"loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f} │ "
-            f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_acc']:.3f}"
-        )
+        shown = {"loss": "train_loss", "acc": "train_acc", "val_loss": "val_loss", "val_acc": "val_acc"}
+        text = " ".join(f"{label} {metrics[key]:.3f}" for label, key in shown.items()
+                        if isinstance(metrics.get(key), float) and math.isfinite(metrics[key]))
         self.progress.update(self.task, advance=1, description=text)
 
     def on_train_end(self, trainer) -> None:
