@@ -55,17 +55,14 @@ def build_optimizer(cfg: DictConfig, params: Iterable[Any]) -> tuple[torch.optim
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     clip = {k: kwargs.pop(k, None) for k in CLIP_KEYS}
     implementation = kwargs.pop("implementation", "auto")
-    optimizer = None
-    for choice in implementation_kwargs(get_class(kwargs["_target_"]), implementation):
+    choices = implementation_kwargs(get_class(kwargs["_target_"]), implementation)
+    for i, choice in enumerate(choices):
         try:
             # plain lists (betas): checkpoints must load with weights_only
             optimizer = instantiate({**kwargs, **choice}, params, _convert_="all")
             break
-        except (RuntimeError, ValueError, InstantiationException) as error:
-            if not choice:
-                raise
-            last_error = error  # e.g. no fused kernel for this device or dtype: try the next one
-    if optimizer is None:
-        raise last_error
+        except (RuntimeError, ValueError, InstantiationException):
+            if i == len(choices) - 1:
+                raise  # otherwise, e.g. no fused kernel for this device or dtype: try the next one
     tensors = [p for group in optimizer.param_groups for p in group["params"]]
     return optimizer, GradClipper(tensors, **clip)
