@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from dnnlab import schema, sweeps, transfer
+from dnnlab import acceleration, schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import observer_hooks
 from dnnlab.hooks import Hook
@@ -217,7 +217,9 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     data = task.prepare(data if data is not None else load_data(cfg.data)).to(device)
     regularizers = build_regularizers(cfg)
     model = build_model(cfg, data, regularizers).to(device)
-    optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model))
+    fast = cfg.trainer
+    capturable = fast.cuda_graph and not acceleration.graph_blocker(device, acceleration.compile_mode(fast.compile))
+    optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model), capturable=capturable)
     steps_per_epoch = -(-len(data.train_y) // cfg.trainer.batch_size)
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
@@ -230,6 +232,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, seed=cfg.seed,
         loss_fn=task.loss_fn, score_fn=task.score_fn,
+        precision=fast.precision, compile=fast.compile, cuda_graph=fast.cuda_graph, channels_last=fast.channels_last,
     )
 
 

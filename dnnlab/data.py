@@ -57,6 +57,12 @@ class Splits:
                  for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
 
+    def channels_last(self) -> "Splits":
+        """A copy with the image inputs (N, C, H, W) stored channels-last (NHWC)."""
+        moved = {name: getattr(self, name).contiguous(memory_format=torch.channels_last)
+                 for name in ("train_x", "val_x", "test_x") if getattr(self, name).dim() == 4}
+        return replace(self, **moved)
+
     def __repr__(self) -> str:
         return (f"Splits({self.name!r}, train={len(self.train_y)}, val={len(self.val_y)}, "
                 f"test={len(self.test_y)}, n_classes={self.n_classes}, "

@@ -84,6 +84,9 @@ NON_NEGATIVE = number(0)
 FRACTION = number(0, 1, high_open=True)  # probabilities of dropping, momentum coefficients
 
 # config key (fnmatch pattern over the dotted path) → rule. Keys a config does not have are skipped.
+# torch.compile's modes (`trainer.compile`); here so validation need not import torch.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 RULES: dict[str, Rule] = {
     "seed": integer(),
     "resume": optional(TEXT),
@@ -97,6 +100,11 @@ RULES: dict[str, Rule] = {
     "trainer.progress": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
     "trainer.threads": optional(integer(1)),
+    "trainer.precision": choice("fp32", "bf16"),
+    "trainer.compile": Rule(lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+                            "true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES)),
+    "trainer.cuda_graph": BOOLEAN,
+    "trainer.channels_last": BOOLEAN,
     "optimizer.implementation": choice("auto", "fused", "foreach", "loop"),
     "model.depth": integer(1),
     "model.width": integer(1),

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from dnnlab import acceleration
 from dnnlab.data import Splits
 from dnnlab.errors import one_line
 from dnnlab.hooks import Hook
-from dnnlab.optim import GradClipper
+from dnnlab.optim import GradClipper, load_optimizer_state
 from dnnlab.regularization import Regularizer, weight_tensors
 from dnnlab.schedules import Schedule
 
@@ -62,6 +63,10 @@ class Trainer:
         seed: int = 0,
         loss_fn: nn.Module | None = None,
         score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        precision: str = "fp32",
+        compile: bool | str = False,
+        cuda_graph: bool = False,
+        channels_last: bool = False,
     ):
         self.model, self.data, self.optimizer = model, data, optimizer
         self.clipper, self.schedule = clipper, schedule
@@ -82,6 +87,29 @@ class Trainer:
         self.stop_reason = ""
         self.interrupted: int | None = None  # the signal that asked the loop to stop
         self.notes: dict[str, Any] = {}  # extra summary fields contributed by hooks
+        self.setup_fast_paths(precision, compile, cuda_graph, channels_last)
+
+    def setup_fast_paths(self, precision: str, compile: bool | str, cuda_graph: bool, channels_last: bool) -> None:
+        """bf16 autocast, torch.compile, channels_last and the CUDA-graph step (see dnnlab.acceleration)."""
+        if channels_last:
+            blocker = acceleration.channels_last_blocker(self.model)
+            if blocker:
+                acceleration.fallback(self, "trainer.channels_last", blocker)
+            else:
+                self.model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps its parameters
+                self.data = self.data.channels_last()
+        mode = acceleration.compile_mode(compile)
+        self.autocast = acceleration.autocast(self.device, precision, cache=not cuda_graph)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
+            acceleration.CompiledForward(self, self.model, mode) if mode else self.model)
+        self.step_graph: acceleration.StepGraph | None = None
+        if cuda_graph:
+            blocker = acceleration.graph_blocker(self.device, mode) or acceleration.optimizer_blocker(self.optimizer)
+            if blocker:
+                acceleration.fallback(self, "trainer.cuda_graph", blocker)
+            else:
+                self.step_graph = acceleration.StepGraph(self)
+        self.run_step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.step_graph or self.eager_step
 
     @property
     def steps_per_epoch(self) -> int:
@@ -190,8 +218,9 @@ class Trainer:
     def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One pass over the shuffled training split; returns device tensors (mean loss, accuracy, finite steps)."""
         self.model.train()
-        x_all, y_all = self.data.train_x, self.data.train_y
-        n, size = len(y_all), self.batch_size
+        if self.step_graph is not None:
+            self.step_graph.begin_epoch()
+        n, size = len(self.data.train_y), self.batch_size
         order = torch.randperm(n, device=self.device, generator=self.generator)
         # Per-step results land in device buffers (one small copy each) and are reduced once per epoch.
         losses = torch.zeros(self.steps_per_epoch, device=self.device)
@@ -199,17 +228,27 @@ class Trainer:
         for i, start in enumerate(range(0, n, size)):
             if self.interrupted is not None:
                 break  # a signal: fit abandons this epoch
-            idx = order[start : start + size]
-            losses[i], hits[i] = self.train_step(x_all[idx], y_all[idx])
+            losses[i], hits[i] = self.run_step(order[start : start + size])
         batch_sizes = torch.full_like(losses, size)
         batch_sizes[-1] = n - size * (self.steps_per_epoch - 1)
         finite_steps = torch.isfinite(losses).cumprod(0).sum()  # steps before the first non-finite loss
         return (losses * batch_sizes).sum() / n, hits.sum().float() / n, finite_steps
 
+    def eager_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`train_step` on the training samples at `idx`."""
+        return self.train_step(self.data.train_x[idx], self.data.train_y[idx])
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss + penalties, backward, clip, step, constraints, per-step schedule."""
-        logits = self.model(x)
-        loss = self.loss_fn(logits, y)
+        """One optimizer step on (x, y); returns the batch's loss and score as device tensors."""
+        out = self.update(x, y)
+        self.after_step()
+        return out
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss + penalties, backward, clip, step, constraints: all device work, what a CUDA graph captures."""
+        with self.autocast():
+            logits = self.forward(x)
+            loss = self.loss_fn(logits, y)
         total = loss
         for reg in self.penalties:
             total = total + reg.penalty(self.weights)
@@ -220,9 +259,12 @@ class Trainer:
         self.optimizer.step()
         for reg in self.constraints:
             reg.constrain(self.model)
+        return loss.detach().float(), self.score_fn(logits, y)
+
+    def after_step(self) -> None:
+        """Host-side bookkeeping after each step: per-step schedule and the step counter."""
         self.schedule.step_end()
         self.step += 1
-        return loss.detach(), self.score_fn(logits, y)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,8 +274,9 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for start in range(0, len(y), self.eval_batch_size):
             xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-            logits = self.model(xb)
-            loss_sum += self.loss_fn(logits, yb) * len(yb)
+            with self.autocast():
+                logits = self.forward(xb)
+                loss_sum += self.loss_fn(logits, yb).float() * len(yb)
             correct += self.score_fn(logits, yb)
         n = max(len(y), 1)
         return loss_sum / n, correct.float() / n
@@ -290,7 +333,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step = state["epoch"], state["step"]
         rng = state["rng"]

@@ -82,3 +82,28 @@ def test_fused_and_loop_implementations_take_the_same_steps(name):
 def test_bad_implementation_is_named():
     with pytest.raises(ValueError, match="optimizer.implementation"):
         build_optimizer(compose(["optimizer.implementation=fast"]).optimizer, [torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_loading_state_keeps_this_optimizers_kernel_choice():
+    """A run saved with fused Adam resumes with the multi-tensor one (and vice versa) when asked to."""
+    from dnnlab.optim import load_optimizer_state
+
+    model = torch.nn.Linear(4, 2)
+    fused = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+    model(torch.randn(8, 4)).sum().backward()
+    fused.step()
+    multi = torch.optim.Adam(model.parameters(), lr=0.5, foreach=True)
+    load_optimizer_state(multi, fused.state_dict())
+    group = multi.param_groups[0]
+    assert (group["fused"], group["foreach"], group["lr"]) == (None, True, 0.01)
+    assert torch.equal(multi.state[model.weight]["exp_avg"], fused.state[model.weight]["exp_avg"])
+    multi.step()  # the loaded state works with this kernel
+
+
+def test_loading_state_with_a_different_group_count_still_fails():
+    from dnnlab.optim import load_optimizer_state
+
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    saved = torch.optim.SGD([{"params": [a]}, {"params": [b]}], lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        load_optimizer_state(torch.optim.SGD([a, b], lr=0.1), saved)
