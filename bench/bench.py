@@ -4,12 +4,19 @@
     python bench/bench.py --quick      # small versions, end to end in well under a minute
     python bench/bench.py --json out.json --device cuda
 
+    python bench/bench.py --variants "dnnlab,cuda graph"   # only these dnnlab variants
+
 Loops compared on the same model, data, optimizer (Adam) and batch size, each doing E epochs of
 training plus a validation pass per epoch: (a) dnnlab's Trainer through its Python API, run folder
-and checkpoints included; (b) a lean hand-written loop (data on the device, batches by index, one
-host sync per epoch) with PyTorch's default Adam, and the same with fused Adam (what dnnlab's
-`optimizer.implementation=auto` picks); (c) a typical DataLoader loop (per-batch host→device copies, loss.item() per
-step); (d) PyTorch Lightning when installed. Prints samples/s and the ratio to (b).
+and checkpoints included, in each of its VARIANTS (fast paths: bf16, torch.compile, CUDA graph,
+channels_last); (b) a lean hand-written loop (data on the device, batches by index, one host sync
+per epoch) with PyTorch's default Adam, and the same with fused Adam (what dnnlab's
+`optimizer.implementation=auto` picks); on CUDA also the whole step captured by hand in one CUDA
+graph; (c) a typical DataLoader loop (per-batch host→device copies, loss.item() per step); (d)
+PyTorch Lightning when installed. Prints samples/s and the ratio to (b).
+
+dnnlab is timed over E epochs after a first one that warms up (compiles, captures); a variant
+that falls back reports why instead of a number.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from torch import nn
 
 from dnnlab.api import build_model, build_trainer, compose
 from dnnlab.data import Splits
+from dnnlab.hooks import Hook
 from dnnlab.rundir import RunDir
 
 
@@ -126,16 +134,72 @@ def dataloader_loop(model: nn.Module, data: Splits, batch_size: int, epochs: int
     return len(data.train_y) * epochs / (time.perf_counter() - start)
 
 
-def dnnlab_loop(w: Workload, data: Splits, epochs: int, device: str, extra: list[str]) -> float:
-    """dnnlab's Trainer via the Python API, run folder, checkpoints and hooks included."""
-    cfg = config(w, epochs, device, extra)
+def graph_loop(model: nn.Module, data: Splits, batch_size: int, epochs: int) -> float:
+    """The hand-written GPU limit: the whole step (forward, backward, capturable Adam) in one CUDA graph,
+    replayed on a static index buffer; full batches only (PyTorch's "whole network capture" recipe)."""
+    dev = data.train_x.device
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+    loss_fn = nn.CrossEntropyLoss()
+    idx = torch.arange(batch_size, device=dev)
+
+    def step() -> torch.Tensor:
+        loss = loss_fn(model(data.train_x[idx]), data.train_y[idx])
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step()
+    n = len(data.train_y)
+    full = n // batch_size
+    sync(dev)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        total = torch.zeros((), device=dev)
+        order = torch.randperm(n, device=dev)
+        for b in range(full):
+            idx.copy_(order[b * batch_size : (b + 1) * batch_size])
+            graph.replay()
+            total += static_loss
+        model.eval()
+        with torch.no_grad():
+            val = loss_fn(model(data.val_x), data.val_y)
+        (total + val).item()
+    sync(dev)
+    return full * batch_size * epochs / (time.perf_counter() - start)
+
+
+class EpochClock(Hook):
+    """Time from the end of the first (warm-up) epoch to the end of the last; each end follows a host sync."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+
+    def on_epoch_end(self, trainer, metrics) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def dnnlab_loop(w: Workload, data: Splits, epochs: int, device: str, extra: list[str]) -> float | str:
+    """dnnlab's Trainer via the Python API, run folder, checkpoints and hooks included; samples/s over
+    `epochs` epochs after a warm-up one, or the reason a fast path did not apply."""
+    cfg = config(w, epochs + 1, device, extra)
+    clock = EpochClock()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(cfg, RunDir(tmp), data=data)
-        sync(data.train_x.device)
-        start = time.perf_counter()
-        trainer.fit()
-        sync(data.train_x.device)
-        return len(data.train_y) * epochs / (time.perf_counter() - start)
+        summary = build_trainer(cfg, RunDir(tmp), [clock], data=data).fit()
+    off = [f"{key} {why}" for key, why in summary.get("fast_path", {}).items() if why.startswith("off")]
+    if off:
+        return "; ".join(off)
+    return len(data.train_y) * epochs / (clock.ends[-1] - clock.ends[0])
 
 
 def lightning_loop(model: nn.Module, data: Splits, batch_size: int, epochs: int) -> float | None:
@@ -176,28 +240,53 @@ def fresh_model(w: Workload, data: Splits, device: str) -> nn.Module:
     return build_model(config(w, 1, device, []), data).to(data.train_x.device)
 
 
+# dnnlab's configurations measured: name → overrides. Fast paths that cannot apply report why.
+VARIANTS: dict[str, list[str]] = {
+    "dnnlab": [],
+    "dnnlab no-diag": ["trainer.diagnostics=false"],
+    "bf16": ["trainer.precision=bf16"],
+    "compile": ["trainer.compile=true"],
+    "compile reduce-overhead": ["trainer.compile=reduce-overhead"],
+    "cuda graph": ["trainer.cuda_graph=true"],
+    "cuda graph bf16": ["trainer.cuda_graph=true", "trainer.precision=bf16"],
+    "channels_last": ["trainer.channels_last=true"],
+}
+CPU_VARIANTS = ("dnnlab", "dnnlab no-diag", "bf16", "compile", "cuda graph", "channels_last")
+
+
 def measure(w: Workload, device: str, epochs: int, repeats: int, variants: dict[str, list[str]]) -> dict:
     dev = torch.device(device)
     data = random_splits(w, dev)
-    row: dict[str, float | None] = {}
+    row: dict[str, float | str | None] = {}
     # Warm-up (allocator, kernels) before anything is timed.
     lean_loop(fresh_model(w, data, device), data, w.batch_size, 1)
     row["lean"] = max(lean_loop(fresh_model(w, data, device), data, w.batch_size, epochs) for _ in range(repeats))
     row["lean fused"] = max(lean_loop(fresh_model(w, data, device), data, w.batch_size, epochs, fused=True) for _ in range(repeats))
+    if dev.type == "cuda":
+        row["graph by hand"] = max(graph_loop(fresh_model(w, data, device), data, w.batch_size, epochs) for _ in range(repeats))
     row["dataloader"] = dataloader_loop(fresh_model(w, data, device), data, w.batch_size, epochs)
     for label, extra in variants.items():
-        row[label] = max(dnnlab_loop(w, data, epochs, device, extra) for _ in range(repeats))
+        runs = [dnnlab_loop(w, data, epochs, device, extra) for _ in range(repeats)]
+        numbers = [r for r in runs if not isinstance(r, str)]
+        row[label] = max(numbers) if numbers else runs[0]
     row["lightning"] = lightning_loop(fresh_model(w, data, device), data, w.batch_size, epochs)
     return row
 
 
-def startup_seconds() -> float:
-    """Wall time of `dnnlab train experiment=smoke` in a fresh process (imports included)."""
+def startup_seconds() -> dict[str, float]:
+    """Wall time of `dnnlab train experiment=smoke` in a fresh process (imports included), and the floor
+    every PyTorch training script pays on this machine: importing torch and building one optimizer
+    (which imports torch._dynamo)."""
+    floor = "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])"
+    commands = {"smoke": [sys.executable, "-m", "dnnlab.cli", "train", "experiment=smoke"],
+                "torch_floor": [sys.executable, "-c", floor]}
+    times = {}
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dnnlab.cli", "train", "experiment=smoke"], cwd=tmp, check=True,
-                       capture_output=True)
-        return time.perf_counter() - start
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, cwd=tmp, check=True, capture_output=True)
+            times[name] = time.perf_counter() - start
+    return times
 
 
 def machine() -> str:
@@ -212,15 +301,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--only", help="run only the workloads whose name contains this text")
+    parser.add_argument("--variants", help=f"comma-separated dnnlab variants (default: all on CUDA, "
+                                           f"{', '.join(CPU_VARIANTS)} on CPU); known: {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
     epochs = args.epochs or (1 if args.quick else 3)
     repeats = 1 if args.quick else 3
-    variants = {"dnnlab": [], "dnnlab no-diag": ["trainer.diagnostics=false"]}
+    names = args.variants.split(",") if args.variants else list(VARIANTS if args.device.startswith("cuda") else CPU_VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    variants = {n: VARIANTS[n] for n in names}
     results = {"machine": machine(), "device": args.device, "epochs": epochs, "workloads": {}}
     for w in (w for w in workloads(args.quick) if not args.only or args.only in w.name):
         row = measure(w, args.device, epochs, repeats, variants)
         results["workloads"][w.name] = row
-    results["startup_smoke_s"] = startup_seconds()
+    startup = startup_seconds()
+    results["startup_smoke_s"], results["startup_torch_floor_s"] = startup["smoke"], startup["torch_floor"]
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -228,19 +324,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(results: dict) -> None:
+    """One row per loop, one column per workload; fast paths that were off are footnoted with the reason."""
     from rich.console import Console
     from rich.table import Table
 
+    rows = results["workloads"]
     table = Table(title=f"samples/s (ratio to lean) — {results['machine']}, {results['device']}")
-    columns = list(next(iter(results["workloads"].values())))
-    table.add_column("workload")
-    for c in columns:
-        table.add_column(c, justify="right")
-    for name, row in results["workloads"].items():
-        cells = [f"{row[c]:,.0f} ({row[c] / row['lean']:.2f}×)" if row[c] else "not installed" for c in columns]
-        table.add_row(name, *cells)
-    Console().print(table)
-    Console().print(f"start-up: dnnlab train experiment=smoke takes {results['startup_smoke_s']:.2f} s")
+    table.add_column("loop")
+    for name in rows:
+        table.add_column(name, justify="right")
+    notes: list[str] = []
+    for loop in dict.fromkeys(c for row in rows.values() for c in row):
+        table.add_row(loop, *(cell(row.get(loop), row["lean"], notes) for row in rows.values()))
+    out = Console()
+    out.print(table)
+    for i, note in enumerate(notes, 1):
+        out.print(f"[{i}] {note}")
+    out.print(f"start-up: dnnlab train experiment=smoke takes {results['startup_smoke_s']:.2f} s; importing torch and "
+              f"building an optimizer alone takes {results['startup_torch_floor_s']:.2f} s")
+
+
+def cell(value: float | str | None, lean: float, notes: list[str]) -> str:
+    if value is None:
+        return "not installed"
+    if isinstance(value, str):
+        if value not in notes:
+            notes.append(value)
+        return f"off [{notes.index(value) + 1}]"
+    return f"{value:,.0f} ({value / lean:.2f}×)"
 
 
 if __name__ == "__main__":

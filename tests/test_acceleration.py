@@ -245,3 +245,80 @@ def test_bad_fast_path_values_are_named(tmp_path, override, valid):
     with pytest.raises(ConfigError) as error:
         train(compose([*SMALL, override]), run_dir=tmp_path)
     assert override.split("=")[0] in str(error.value) and valid in str(error.value)
+
+
+# ------------------------------------------------------------------------ on a GPU (pytest -m cuda)
+def gpu(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
+DIGITS_GPU = ["trainer.device=cuda", "trainer.progress=false", "trainer.epochs=8", "trainer.batch_size=64"]
+
+
+def run_gpu(tmp_path, name, overrides):
+    metrics = Metrics()
+    trainer = build_trainer(compose([*DIGITS_GPU, *overrides]), RunDir(tmp_path / name), [metrics])
+    return trainer, trainer.fit(), metrics.rows
+
+
+@gpu
+@pytest.mark.parametrize("optimizer, schedule", [("adam", "1cycle"), ("nadam", "exponential"), ("momentum", "piecewise"),
+                                                 ("rmsprop", "none"), ("adamw", "performance")])
+def test_cuda_graph_captures_once_and_learns_like_eager(tmp_path, optimizer, schedule):
+    overrides = [f"optimizer={optimizer}", f"schedule={schedule}"]
+    _, eager, eager_rows = run_gpu(tmp_path, "eager", overrides)
+    trainer, graphed, graph_rows = run_gpu(tmp_path, "graph", [*overrides, "trainer.cuda_graph=true"])
+    assert graphed["fast_path"] == {"trainer.cuda_graph": "on (1 capture(s))"}
+    assert [r["lr"] for r in graph_rows] == pytest.approx([r["lr"] for r in eager_rows], rel=1e-6)
+    assert graphed["test_acc"] > 0.9 and abs(graphed["test_acc"] - eager["test_acc"]) < 0.03
+    assert trainer.step == eager["steps"]
+
+
+@gpu
+def test_cuda_graph_keeps_max_norm_clipping_dropout_and_batchnorm(tmp_path):
+    overrides = ["regularization=[max_norm,dropout]", "regularization.max_norm.r=1.0", "normalization=batchnorm",
+                 "optimizer=nesterov", "optimizer.clip_norm=1.0", "trainer.cuda_graph=true"]
+    trainer, summary, _ = run_gpu(tmp_path, "graph", overrides)
+    assert summary["fast_path"] == {"trainer.cuda_graph": "on (1 capture(s))"}
+    assert summary["test_acc"] > 0.85
+    from dnnlab.regularization import weight_tensors
+    assert all(bool((w.norm(dim=1) <= 1.0 + 1e-4).all()) for w in weight_tensors(trainer.model, hidden_only=True))
+
+
+@gpu
+def test_cuda_graph_recaptures_after_unfreezing_on_gpu(tmp_path):
+    overrides = ["model.freeze=1", "model.unfreeze_at=2", "model.unfrozen_lr_scale=0.1", "trainer.cuda_graph=true"]
+    _, summary, _ = run_gpu(tmp_path, "graph", overrides)
+    assert summary["fast_path"] == {"trainer.cuda_graph": "on (2 capture(s))"}
+    assert summary["test_acc"] > 0.85
+
+
+@gpu
+def test_adagrad_cannot_be_captured_and_says_so(tmp_path):
+    _, summary, _ = run_gpu(tmp_path, "graph", ["optimizer=adagrad", "trainer.cuda_graph=true", "trainer.epochs=1"])
+    assert "torch.optim.Adagrad has no capturable or fused CUDA implementation" in summary["fast_path"]["trainer.cuda_graph"]
+
+
+@gpu
+@pytest.mark.parametrize("option", ["trainer.precision=bf16", "trainer.compile=true", "trainer.compile=reduce-overhead"])
+def test_fast_paths_learn_on_gpu(tmp_path, option):
+    _, summary, _ = run_gpu(tmp_path, "fast", [option])
+    assert summary.get("fast_path") is None and summary["test_acc"] > 0.9
+
+
+@gpu
+def test_channels_last_cnn_with_bf16_on_gpu(tmp_path):
+    overrides = ["model=cnn", "model.depth=1", "model.width=16", "model.dense=32", "trainer.channels_last=true",
+                 "trainer.precision=bf16"]
+    _, summary, _ = run_gpu(tmp_path, "cnn", overrides)
+    assert summary.get("fast_path") is None and summary["test_acc"] > 0.85
+
+
+@gpu
+def test_resumed_graph_run_continues(tmp_path):
+    """A resume rebuilds the graph (capturable optimizer state loaded from the checkpoint) and keeps going."""
+    overrides = [*DIGITS_GPU, "trainer.cuda_graph=true", "trainer.epochs=3"]
+    train(compose(overrides), run_dir=tmp_path / "run")
+    summary = train(compose([f"resume={tmp_path / 'run'}", "trainer.epochs=6"]), run_dir=tmp_path / "run")
+    assert summary["epochs"] == 6 and summary["fast_path"] == {"trainer.cuda_graph": "on (1 capture(s))"}
+    assert summary["test_acc"] > 0.9
