@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -255,22 +256,33 @@ CPU_VARIANTS = ("dnnlab", "dnnlab no-diag", "bf16", "compile", "cuda graph", "ch
 
 
 def measure(w: Workload, device: str, epochs: int, repeats: int, variants: dict[str, list[str]]) -> dict:
+    """samples/s of every loop on workload `w`: the best of `repeats` rounds, each round running every loop
+    once, so a slow spell of a shared machine hits all loops alike instead of one."""
     dev = torch.device(device)
     data = random_splits(w, dev)
-    row: dict[str, float | str | None] = {}
-    # Warm-up (allocator, kernels) before anything is timed.
-    lean_loop(fresh_model(w, data, device), data, w.batch_size, 1)
-    row["lean"] = max(lean_loop(fresh_model(w, data, device), data, w.batch_size, epochs) for _ in range(repeats))
-    row["lean fused"] = max(lean_loop(fresh_model(w, data, device), data, w.batch_size, epochs, fused=True) for _ in range(repeats))
+    size = w.batch_size
+    loops: dict[str, Callable[[], float | str | None]] = {
+        "lean": lambda: lean_loop(fresh_model(w, data, device), data, size, epochs),
+        "lean fused": lambda: lean_loop(fresh_model(w, data, device), data, size, epochs, fused=True),
+    }
     if dev.type == "cuda":
-        row["graph by hand"] = max(graph_loop(fresh_model(w, data, device), data, w.batch_size, epochs) for _ in range(repeats))
-    row["dataloader"] = dataloader_loop(fresh_model(w, data, device), data, w.batch_size, epochs)
+        loops["graph by hand"] = lambda: graph_loop(fresh_model(w, data, device), data, size, epochs)
+    loops["dataloader"] = lambda: dataloader_loop(fresh_model(w, data, device), data, size, epochs)
     for label, extra in variants.items():
-        runs = [dnnlab_loop(w, data, epochs, device, extra) for _ in range(repeats)]
-        numbers = [r for r in runs if not isinstance(r, str)]
-        row[label] = max(numbers) if numbers else runs[0]
-    row["lightning"] = lightning_loop(fresh_model(w, data, device), data, w.batch_size, epochs)
-    return row
+        loops[label] = lambda extra=extra: dnnlab_loop(w, data, epochs, device, extra)
+    loops["lightning"] = lambda: lightning_loop(fresh_model(w, data, device), data, size, epochs)
+    lean_loop(fresh_model(w, data, device), data, size, 1)  # warm-up (allocator, kernels) before anything is timed
+    runs: dict[str, list[float | str | None]] = {label: [] for label in loops}
+    for _ in range(repeats):
+        for label, loop in loops.items():
+            runs[label].append(loop())
+    return {label: best(results) for label, results in runs.items()}
+
+
+def best(results: list[float | str | None]) -> float | str | None:
+    """The fastest run; a fast path's reason for being off, or None (not installed), when there is no number."""
+    numbers = [r for r in results if isinstance(r, float)]
+    return max(numbers) if numbers else results[0]
 
 
 def startup_seconds() -> dict[str, float]:

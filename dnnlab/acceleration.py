@@ -164,6 +164,8 @@ class StepGraph:
         self.recorder = recorder or CudaGraphRecorder(trainer.device)
         device = trainer.device
         self.idx = torch.zeros(trainer.batch_size, dtype=torch.long, device=device)
+        # Warm-up and last-batch steps run the capturable optimizer eagerly on purpose; PyTorch would warn once.
+        trainer.optimizer._warned_capturable_if_run_uncaptured = True
         self.tensor_keys = tensor_keys(trainer.optimizer)
         self.baked_keys = [k for k in trainer.optimizer.defaults if k not in self.tensor_keys]
         # One device tensor per (group, key): what the captured kernels read.
