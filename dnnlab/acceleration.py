@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from torch import nn
 
+from dnnlab.errors import one_line
 from dnnlab.schema import COMPILE_MODES
 
 if TYPE_CHECKING:
@@ -86,15 +87,16 @@ class CompiledForward:
             out = self.compiled(x)
         except Exception as error:  # torch._dynamo/inductor raise many types; the eager call below re-raises real bugs
             self.compiled = None
-            fallback(self.trainer, "trainer.compile", f"torch.compile failed ({type(error).__name__}: {first_line(error)})")
+            fallback(self.trainer, "trainer.compile", f"torch.compile failed ({short(error)})")
             return self.model(x)
         self.proven = True
         return out
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else ""
+def short(error: BaseException) -> str:
+    """The error in one line of at most 200 characters (compiler errors run to pages)."""
+    text = one_line(error)
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 # ---------------------------------------------------------------------------------- channels_last
@@ -252,7 +254,7 @@ class StepGraph:
         except Exception as error:  # e.g. an op that syncs with the host: not capturable
             self.enabled = False
             trainer.optimizer.zero_grad(set_to_none=True)
-            fallback(trainer, "trainer.cuda_graph", f"capture failed ({type(error).__name__}: {first_line(error)})")
+            fallback(trainer, "trainer.cuda_graph", f"capture failed ({short(error)})")
             return False
         self.replays_since_capture = 0
         self.captures += 1
