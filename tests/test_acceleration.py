@@ -107,6 +107,31 @@ def test_a_graph_that_missed_the_schedule_would_be_caught(tmp_path, monkeypatch)
         assert_same_training(stale, eager)
 
 
+def test_graph_step_holds_every_regularizer_and_clipping(tmp_path):
+    """Max-norm, L2, dropout, batch norm and clipping all live inside the recorded step: same numbers as eager."""
+    overrides = ["regularization=[max_norm,l2,dropout]", "regularization.max_norm.r=0.5", "normalization=batchnorm",
+                 "optimizer=nesterov", "optimizer.lr=0.1", "optimizer.clip_norm=0.5", "optimizer.clip_value=0.1"]
+    _, _, eager = fit(tmp_path, overrides)
+    graphs = EmulatedGraphs()
+    _, _, graphed = fit(tmp_path, overrides, graphs)
+    assert graphs.recorded == 1
+    assert_same_training(graphed, eager)
+
+
+def test_resumed_graph_run_continues_like_an_uninterrupted_one(tmp_path):
+    """The restored learning rate reaches the graph's tensor (the schedule was part-way through)."""
+    overrides = ["optimizer=momentum", "optimizer.lr=0.05", "schedule=exponential", "schedule.s=20", "trainer.epochs=4"]
+    _, _, whole = fit(tmp_path, overrides)
+    first, _, _ = fit(tmp_path / "a", [*overrides, "trainer.epochs=2"], EmulatedGraphs())
+    metrics = Metrics()
+    second = build_trainer(compose([*SMALL, *overrides]), RunDir(tmp_path / "b"), [metrics])
+    second.step_graph = StepGraph(second, EmulatedGraphs())  # built before the restore, as in dnnlab train
+    second.run_step = second.step_graph
+    second.load_state_dict(first.state_dict())
+    second.fit()
+    assert_same_training(metrics.rows, whole[2:])
+
+
 def test_graph_recaptures_when_blocks_unfreeze(tmp_path):
     overrides = ["model.freeze=1", "model.unfreeze_at=1", "model.unfrozen_lr_scale=0.5"]
     _, _, eager = fit(tmp_path, overrides)
