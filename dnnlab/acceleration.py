@@ -136,24 +136,36 @@ def tensor_keys(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
 
 
 class CudaGraphRecorder:
-    """How StepGraph warms up, records and replays on a CUDA device (tests substitute an emulation)."""
+    """How StepGraph warms up, records and replays on a CUDA device (tests substitute an emulation).
+
+    Warm-up and capture share one side stream, so per-stream library handles (cuBLAS workspaces,
+    hipBLASLt on ROCm) are created before the capture rather than inside it.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.stream: torch.cuda.Stream | None = None
+
+    def side_stream(self) -> torch.cuda.Stream:
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        return self.stream
 
     def warmup(self, step: Callable[[], Any]) -> Any:
-        """Run an eager step on a side stream, as capture requires of the work before it."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
+        """Run an eager step on the side stream, as capture requires of the work before it."""
+        stream, main = self.side_stream(), torch.cuda.current_stream(self.device)
+        stream.wait_stream(main)
         with torch.cuda.stream(stream):
             out = step()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
+        main.wait_stream(stream)
         return out
 
     def record(self, body: Callable[[], Any], context: Callable[[], contextlib.AbstractContextManager]) -> tuple[Callable[[], None], Any]:
         """Capture `body` (run under `context`) without executing it; returns (replay, its output tensors)."""
         graph = torch.cuda.CUDAGraph()
-        with context(), torch.cuda.graph(graph):
+        stream = self.side_stream()
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with context(), torch.cuda.graph(graph, stream=stream):
             outputs = body()
         return graph.replay, outputs
 
