@@ -33,9 +33,14 @@ WARMUP_STEPS = 3  # eager steps on a side stream before a capture (optimizer sta
 MAX_RECAPTURES = 3  # consecutive captures that each lived a single replay: the graph is not worth it
 
 
+def record(trainer: "Trainer", option: str, state: str) -> None:
+    """Note in the run's summary (`fast_path`) how a requested fast path stands."""
+    trainer.notes.setdefault("fast_path", {})[option] = state
+
+
 def fallback(trainer: "Trainer", option: str, reason: str) -> None:
     """Record and log, once, that `option` is not in effect and why."""
-    trainer.notes.setdefault("fast_path", {})[option] = f"off: {reason}"
+    record(trainer, option, f"off: {reason}")
     log.warning("%s is off: %s.", option, reason)
 
 
@@ -270,7 +275,7 @@ class StepGraph:
             return False
         self.replays_since_capture = 0
         self.captures += 1
-        trainer.notes.setdefault("fast_path", {})["trainer.cuda_graph"] = f"on ({self.captures} capture(s))"
+        record(trainer, "trainer.cuda_graph", f"on ({self.captures} capture(s))")
         return True
 
     @contextlib.contextmanager

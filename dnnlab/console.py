@@ -70,6 +70,8 @@ def results_table(summary: dict[str, Any]) -> Table:
     for key in ("status", "epochs", "best_epoch", "best_val_acc", "best_val_loss", "test_acc", "test_loss", "wall_s", "device", "run_dir"):
         if key in summary:
             table.add_row(key, fmt(summary[key]))
+    for option, state in summary.get("fast_path", {}).items():
+        table.add_row(option.removeprefix("trainer."), Text(state, style="yellow" if state.startswith("off") else ""))
     if "health" in summary:
         add_health(table, summary["health"])
     return table

@@ -98,10 +98,15 @@ class Trainer:
             else:
                 self.model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps its parameters
                 self.data = self.data.channels_last()
-        mode = acceleration.compile_mode(compile)
+                acceleration.record(self, "trainer.channels_last", "on")
         self.autocast = acceleration.autocast(self.device, precision, cache=not cuda_graph)
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = (
-            acceleration.CompiledForward(self, self.model, mode) if mode else self.model)
+        if precision != "fp32":
+            acceleration.record(self, "trainer.precision", precision)
+        mode = acceleration.compile_mode(compile)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if mode:
+            self.forward = acceleration.CompiledForward(self, self.model, mode)
+            acceleration.record(self, "trainer.compile", f"on ({mode})")
         self.step_graph: acceleration.StepGraph | None = None
         if cuda_graph:
             blocker = acceleration.graph_blocker(self.device, mode) or acceleration.optimizer_blocker(self.optimizer)
@@ -109,6 +114,7 @@ class Trainer:
                 acceleration.fallback(self, "trainer.cuda_graph", blocker)
             else:
                 self.step_graph = acceleration.StepGraph(self)
+                acceleration.record(self, "trainer.cuda_graph", "on (not captured yet)")
         self.run_step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.step_graph or self.eager_step
 
     @property

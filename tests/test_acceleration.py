@@ -193,7 +193,7 @@ def test_bf16_autocasts_the_forward_pass_and_still_learns(tmp_path):
     cfg = compose(["trainer.progress=false", "trainer.diagnostics=false", "trainer.epochs=5", "trainer.precision=bf16",
                    "model.depth=2"])
     summary = build_trainer(cfg, RunDir(tmp_path), [probe]).fit()
-    assert probe.dtypes == {torch.bfloat16}
+    assert probe.dtypes == {torch.bfloat16} and summary["fast_path"] == {"trainer.precision": "bf16"}
     assert summary["test_acc"] > 0.9
 
 
@@ -216,7 +216,7 @@ def test_compile_runs_the_model_through_dynamo(tmp_path, monkeypatch):
     _, _, eager = fit(tmp_path, [])
     _, summary, compiled = fit(tmp_path / "c", ["trainer.compile=true"])
     assert counters["frames"]["ok"] >= 2  # train and eval modes at least
-    assert summary.get("fast_path") is None
+    assert summary["fast_path"] == {"trainer.compile": "on (default)"}
     assert_same_training(compiled, eager, tol=1e-4)
 
 
@@ -238,7 +238,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, warnings_log
 def test_compile_with_inductor_on_cpu(tmp_path):
     _, _, eager = fit(tmp_path, [])
     _, summary, compiled = fit(tmp_path / "c", ["trainer.compile=true"])
-    assert summary.get("fast_path") is None
+    assert summary["fast_path"] == {"trainer.compile": "on (default)"}
     assert_same_training(compiled, eager, tol=1e-3)
 
 
@@ -250,7 +250,7 @@ def test_channels_last_converts_the_cnn_and_its_images(tmp_path):
     conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert trainer.data.train_x.is_contiguous(memory_format=torch.channels_last)
-    assert summary.get("fast_path") is None
+    assert summary["fast_path"] == {"trainer.channels_last": "on"}
     assert_same_training(nhwc, nchw, tol=1e-4)
 
 
@@ -328,7 +328,8 @@ def test_adagrad_cannot_be_captured_and_says_so(tmp_path):
 @pytest.mark.parametrize("option", ["trainer.precision=bf16", "trainer.compile=true", "trainer.compile=reduce-overhead"])
 def test_fast_paths_learn_on_gpu(tmp_path, option):
     _, summary, _ = run_gpu(tmp_path, "fast", [option])
-    assert summary.get("fast_path") is None and summary["test_acc"] > 0.9
+    assert not any(state.startswith("off") for state in summary["fast_path"].values())
+    assert summary["test_acc"] > 0.9
 
 
 @gpu
@@ -336,7 +337,8 @@ def test_channels_last_cnn_with_bf16_on_gpu(tmp_path):
     overrides = ["model=cnn", "model.depth=1", "model.width=16", "model.dense=32", "trainer.channels_last=true",
                  "trainer.precision=bf16"]
     _, summary, _ = run_gpu(tmp_path, "cnn", overrides)
-    assert summary.get("fast_path") is None and summary["test_acc"] > 0.85
+    assert summary["fast_path"] == {"trainer.channels_last": "on", "trainer.precision": "bf16"}
+    assert summary["test_acc"] > 0.85
 
 
 @gpu
