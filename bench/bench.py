@@ -245,6 +245,8 @@ def fresh_model(w: Workload, data: Splits, device: str) -> nn.Module:
 VARIANTS: dict[str, list[str]] = {
     "dnnlab": [],
     "dnnlab no-diag": ["trainer.diagnostics=false"],
+    "optimizer foreach": ["optimizer.implementation=foreach"],
+    "optimizer loop": ["optimizer.implementation=loop"],
     "bf16": ["trainer.precision=bf16"],
     "compile": ["trainer.compile=true"],
     "compile reduce-overhead": ["trainer.compile=reduce-overhead"],
