@@ -1,7 +1,8 @@
 """The training loop. `Trainer.fit` reads top to bottom; extras hang off `Hook`s.
 
 Speed by design: the data already lives on the device, batches are taken by index, per-step
-losses accumulate on the device, and the host reads them once per epoch.
+losses accumulate on the device, and the host reads them once per epoch. The opt-in fast paths
+(bf16, torch.compile, channels_last, a CUDA graph of `update`) live in dnnlab.acceleration.
 
 Stopping: SIGINT/SIGTERM end the loop before the next step. A partial epoch is abandoned, never
 checkpointed: `last.pt` always holds an epoch boundary (written at every epoch end and at the
