@@ -80,20 +80,18 @@ class CompiledForward:
 
     def __init__(self, trainer: "Trainer", model: nn.Module, mode: str):
         self.trainer, self.model = trainer, model
-        self.compiled: Callable[..., torch.Tensor] | None = torch.compile(model, mode=mode)
-        self.proven = False
+        self.forward: Callable[..., torch.Tensor] = torch.compile(model, mode=mode)
+        self.proven = False  # the first call compiles: until it has succeeded, a failure falls back
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None:
-            return self.model(x)
         if self.proven:
-            return self.compiled(x)
+            return self.forward(x)
         try:
-            out = self.compiled(x)
+            out = self.forward(x)
         except Exception as error:  # torch._dynamo/inductor raise many types; the eager call below re-raises real bugs
-            self.compiled = None
+            self.forward = self.model
             fallback(self.trainer, "trainer.compile", f"torch.compile failed ({short(error)})")
-            return self.model(x)
+            out = self.model(x)
         self.proven = True
         return out
 
