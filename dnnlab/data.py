@@ -403,14 +403,17 @@ def _mnist1d_templates() -> np.ndarray:
     return (t - t[:, :1]) / 6.0
 
 
-def _resample(x: np.ndarray, lengths: np.ndarray, n_out: int) -> np.ndarray:
-    """Linearly resample row i's first ``lengths[i]`` points onto ``n_out`` evenly spaced points."""
-    pos = np.linspace(0.0, 1.0, n_out)[None, :] * (lengths[:, None] - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, x.shape[1] - 1)
-    frac = pos - lo
-    rows = np.arange(len(x))[:, None]
-    return x[rows, lo] * (1 - frac) + x[rows, hi] * frac
+def _interp_linear(x: np.ndarray, n_out: int) -> np.ndarray:
+    """Rows of ``x`` (evenly spaced on [0, 1]) linearly resampled onto ``n_out`` evenly spaced points.
+
+    The arithmetic of scipy's ``interp1d(kind="linear")``, step for step, so the reference
+    generator's values (and which points are exactly 0) come out bit for bit.
+    """
+    old, new = np.linspace(0, 1, x.shape[1]), np.linspace(0, 1, n_out)
+    hi = np.searchsorted(old, new).clip(1, x.shape[1] - 1)
+    lo = hi - 1
+    slope = (x[:, hi] - x[:, lo]) / (old[hi] - old[lo])
+    return slope * (new - old[lo]) + x[:, lo]
 
 
 def _gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -423,33 +426,50 @@ def _gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return sum(w * padded[:, i: i + x.shape[1]] for i, w in enumerate(kernel))
 
 
+def _mnist1d_draws(rng: np.random.RandomState, n: int, padding: Sequence[int], max_translation: int,
+                   width: int) -> dict[str, np.ndarray]:
+    """Every random number of the reference generator, in its order: sample by sample, then the shuffle."""
+    low, high = int(padding[0]), int(padding[1])
+    names = ("pad", "scale", "shift", "corr", "iid", "shear")
+    rows = []
+    for _ in range(n):
+        rows.append((low + int(rng.rand() * (high - low + 1)), rng.rand(), rng.choice(max_translation),
+                     rng.randn(width), rng.randn(width), rng.rand()))
+    draws = {name: np.array(column) for name, column in zip(names, zip(*rows))}
+    draws["order"] = rng.permutation(n)
+    return draws
+
+
 def load_mnist1d(n_samples: int = 5000, test_fraction: float = 0.2, seed: int = 42,
                  padding: Sequence[int] = (36, 60), scale_coeff: float = 0.4,
                  max_translation: int = 48, corr_noise_scale: float = 0.25,
                  iid_noise_scale: float = 0.02, shear_scale: float = 0.75,
                  final_seq_length: int = 40) -> Arrays:
-    """MNIST-1D generated procedurally (balanced classes), shaped (N, final_seq_length)."""
-    rng = np.random.default_rng(seed)
+    """MNIST-1D shaped (N, final_seq_length): the arrays of the paper's generator (`mnist1d` on PyPI,
+    `make_dataset`) for the same arguments and seed, computed without it and vectorised."""
     templates = _mnist1d_templates() + 1e-8  # +eps: template points stay "signal" even where 0
-    y = rng.permutation(np.repeat(np.arange(10), n_samples // 10))
+    y = np.repeat(np.arange(10), n_samples // 10)  # class by class, shuffled at the end
     n, tlen = len(y), templates.shape[1]
-    pad_lo, pad_hi = int(padding[0]), int(padding[1])
-    width = tlen + pad_hi
+    width = tlen + int(padding[1])
+    # The reference seeds NumPy's legacy global RNG; a RandomState of our own gives the same stream.
+    d = _mnist1d_draws(np.random.RandomState(seed), n, padding, max_translation, width)
 
     # Pad each template with a random number of zeros, then stretch to a common width:
     # more padding means a narrower digit.
-    buf = np.zeros((n, width))
-    buf[:, :tlen] = templates[y]
-    x = _resample(buf, tlen + rng.integers(pad_lo, pad_hi + 1, n), width)
-    x *= 1 + scale_coeff * (rng.random(n)[:, None] - 0.5)
-    shifts = rng.integers(0, max_translation, n)
-    x = x[np.arange(n)[:, None], (np.arange(width)[None, :] - shifts[:, None]) % width]
+    x = np.empty((n, width))
+    for pad in np.unique(d["pad"]):
+        rows = d["pad"] == pad
+        padded = np.concatenate([templates[y[rows]], np.zeros((rows.sum(), pad))], axis=1)
+        x[rows] = _interp_linear(padded, width)
+    x *= 1 + scale_coeff * (d["scale"][:, None] - 0.5)
+    x = x[np.arange(n)[:, None], (np.arange(width)[None, :] - d["shift"][:, None]) % width]
     # Correlated noise fills the background only; iid noise goes everywhere.
-    background = _gaussian_smooth(corr_noise_scale * rng.standard_normal((n, width)), 2.0)
+    background = _gaussian_smooth(corr_noise_scale * d["corr"], 2.0)
     x = np.where(x != 0, x, background)
-    x += iid_noise_scale * rng.standard_normal((n, width))
-    x -= shear_scale * (rng.random(n)[:, None] - 0.5) * np.linspace(-0.5, 0.5, width)[None, :]
-    x = _resample(x, np.full(n, width), final_seq_length)
+    x = x + iid_noise_scale * d["iid"]
+    x = x - (shear_scale * (d["shear"][:, None] - 0.5)) * np.linspace(-0.5, 0.5, width)[None, :]
+    x = _interp_linear(x, final_seq_length)[d["order"]]
+    y = y[d["order"]]
 
     x = (x - x.mean()) / x.std()  # the paper's global centring; per-feature scaling comes later
     n_test = _count(n, test_fraction)

@@ -132,6 +132,22 @@ def test_mnist1d_is_learnable_by_a_small_mlp():
     assert acc > 0.4  # chance is 0.1; the paper's MLP reaches ~0.68 with longer training
 
 
+
+@pytest.mark.parametrize("args", [{}, {"num_samples": 600, "seed": 3, "final_seq_length": 30, "max_translation": 20}])
+def test_mnist1d_equals_the_reference_generator(args):
+    """The paper's arrays: `mnist1d` on PyPI (a test-only dependency), `make_dataset` with the same args."""
+    reference = pytest.importorskip("mnist1d.data")
+    ref_args = reference.get_dataset_args(as_dict=True)
+    ref_args.update(args)
+    ref = reference.make_dataset(reference.ObjectView(ref_args))
+    ours = data.load_mnist1d(n_samples=ref_args["num_samples"], seed=ref_args["seed"],
+                             final_seq_length=ref_args["final_seq_length"],
+                             max_translation=ref_args["max_translation"])
+    for got, want in zip(ours, (ref["x"], ref["y"], ref["x_test"], ref["y_test"])):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 # --- scaling -------------------------------------------------------------------------------
 
 def test_standardize_uses_training_statistics_only():
