@@ -77,6 +77,14 @@ def list_of(rule: Rule, length: int | None = None, example: str = "") -> Rule:
     return Rule(check, f"{count}values, each {rule.valid}" + (f", e.g. {example}" if example else ""))
 
 
+def increasing(rule: Rule, example: str) -> Rule:
+    """A list of values, each passing `rule`, in strictly increasing order."""
+    items = list_of(rule)
+    return Rule(lambda v: items.check(v) and all(a < b for a, b in zip(v, v[1:])),
+                f"a list of values in increasing order, each {rule.valid}, e.g. {example}")
+
+
+CLASSIFICATION = "dnnlab.pretrain.Classification"  # the default model.task
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 POSITIVE = number(0, low_open=True)
@@ -145,9 +153,26 @@ RULES: dict[str, Rule] = {
     "schedule.eta_min": NON_NEGATIVE,
     "schedule.total_steps": optional(integer(1)),
     "schedule.T_max": optional(integer(1)),
-    "schedule.boundaries": list_of(integer(0), example="[10, 15]"),
+    "schedule.boundaries": increasing(integer(0), example="[10, 15]"),
     "schedule.factors": list_of(POSITIVE, example="[1.0, 0.5, 0.1]"),
+    # The validation split is what best.pt, trainer.monitor, early stopping and schedule=performance read.
+    "data.val_fraction": Rule(number(0, 1, low_open=True, high_open=True).check,
+                              "a number in (0, 1), e.g. 0.1: training needs a validation split (best.pt, "
+                              "trainer.monitor, early stopping and schedule=performance read val_loss/val_acc; "
+                              "monitoring a training metric instead is not offered)"),
 }
+
+
+def classes_problem(plain: dict[str, Any]) -> str | None:
+    """A classifier told to keep fewer than 2 classes (`data.classes=[3]`): nothing to tell apart."""
+    classes = plain.get("data", {}).get("classes")
+    task = (plain.get("model", {}).get("task") or {}).get("_target_", CLASSIFICATION)
+    if task != CLASSIFICATION or not isinstance(classes, list) or len(classes) >= 2:
+        return None
+    n = plain["data"].get("n_classes")
+    labels = f"0–{n - 1}" if _is_int(n) else "0–9 for digits, mnist1d, mnist, fashion_mnist and cifar10"
+    return (f"data.classes={classes} is not valid for a classifier: it must list at least 2 of the data "
+            f"set's labels ({labels}), e.g. data.classes=[3,5], or be null to keep every class")
 
 
 def rule_for(key: str) -> Rule | None:
@@ -180,6 +205,7 @@ def validate(cfg: DictConfig) -> None:
     except Exception as error:  # an interpolation that does not resolve, e.g. ${optimizer.lrr}
         raise ConfigError(f"The config does not resolve: {' '.join(str(error).split())}") from error
     problems = [p for key, value in flatten(plain).items() if (p := problem(key, value))]
+    problems += [p for p in (classes_problem(plain),) if p]
     if problems:
         raise ConfigError(_join(problems))
 

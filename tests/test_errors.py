@@ -148,3 +148,22 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(ConfigError, match="optimizer.lr=-1"):
         main(["--debug", "train", "optimizer.lr=-1"])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["data.val_fraction=0"], ["data.val_fraction=0 is not valid", "(0, 1)", "needs a validation split"]),
+    (["schedule=piecewise", "schedule.boundaries=[15,10]"],
+     ["schedule.boundaries=[15, 10] is not valid", "increasing order", "[10, 15]"]),
+    (["schedule=piecewise", "schedule.boundaries=[10,10]"], ["schedule.boundaries=[10, 10] is not valid"]),
+    (["data.classes=[3]"], ["data.classes=[3] is not valid for a classifier", "at least 2", "0–9", "null"]),
+    (["data=synthetic", "data.n_classes=4", "data.classes=[3]"], ["data.classes=[3]", "(0–3)"]),
+])
+def test_settings_that_would_train_wrong_numbers_are_refused(capsys, tmp_path, monkeypatch, overrides, words):
+    """Issue 11 item 10: no validation split, a boundary skipped, a one-class classifier."""
+    test_bad_config_is_one_paragraph_before_anything_is_made(capsys, tmp_path, monkeypatch, overrides, words)
+
+
+def test_one_class_is_fine_for_an_autoencoder(tiny_cfg):
+    from dnnlab import schema
+
+    schema.validate(tiny_cfg("model=autoencoder", "data.classes=[3]"))
