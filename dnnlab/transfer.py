@@ -85,11 +85,13 @@ def checkpoint_file(pretrained: str | Path) -> Path:
 
 
 def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | None = None) -> list[str]:
-    """Copy every tensor whose name and shape match from the checkpoint; log what was and wasn't loaded.
+    """Copy every layer whose tensors all match the checkpoint's by name and shape; say what was reused.
 
-    The output layer is reused only when the source run learned the same labels (same data set,
-    classes and task); otherwise it is new, as the guides advise, even when its shape fits, and
-    starts at zero (`zero_output`).
+    A layer is reused whole or not at all (never only its bias). The output layer is reused only
+    when the source run learned the same labels (same data set, classes and task); otherwise it is
+    new, as the guides advise, even when its shape fits, and starts at zero (`zero_output`). When
+    no layer below the output fits, nothing is worth reusing: a ValueError says why. Layers that do
+    not fit are named on the terminal (a warning), with the reused ones.
     """
     from dnnlab.rundir import load_checkpoint
 
@@ -98,25 +100,34 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | 
     source, own = checkpoint["model"], model.state_dict()
     output = blocks(model)[-1]
     new_output = cfg is not None and not same_labels(cfg, checkpoint.get("config"))
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape
-               and not (new_output and k.startswith(output + "."))}
-    if not matched:
+    misfits = {layer: reason for layer in layers(own) if (reason := misfit(layer, own, source))}
+    if new_output:
+        misfits.setdefault(output, "new, zero: the source run learned other labels")
+    matched = {k: source[k] for k in own if k.rsplit(".", 1)[0] not in misfits}
+    reused = layers(matched)
+    if all(layer.split(".")[0] == output for layer in reused):
         raise ValueError(
-            f"model.pretrained={pretrained}: none of its layers match this model by name and shape "
-            f"(it has {', '.join(layers(source))}; this model has {', '.join(layers(own))}). "
-            f"Use the same model type with the same model.width for the layers to reuse"
+            f"model.pretrained={pretrained}: no layer below the output fits this model by name and shape, so "
+            f"there is nothing to reuse ({'; '.join(f'{k}: {v}' for k, v in misfits.items())}). "
+            f"Use the same model type with the same model.width (and input size) for the layers to reuse"
         )
     model.load_state_dict(matched, strict=False)
-    skipped = {k: "new, zero: the source run learned other labels" if new_output and k.startswith(output + ".") and k in source
-               else why(k, own, source) for k in own if k not in matched}
-    log.info("model.pretrained: loaded %s from %s", ", ".join(layers(matched)), file)
-    if skipped:
-        reasons = sorted({f"{k.rsplit('.', 1)[0]} ({reason})" for k, reason in skipped.items()})
-        log.info("model.pretrained: kept fresh %s", ", ".join(reasons))
+    unfit = {layer: reason for layer, reason in misfits.items() if not (new_output and layer == output)}
+    say = log.warning if unfit else log.info  # a layer that does not fit is news; a new head is the plan
+    say("model.pretrained: reused %s from %s; not reused: %s", ", ".join(reused), file,
+        ", ".join(f"{k} ({v})" for k, v in misfits.items()) or "none")
     if not any(k.startswith(output + ".") for k in matched):
         zero_output(getattr(model, output))
         log.info("model.pretrained: the new output layer %s starts at zero", output)
     return sorted(matched)
+
+
+def misfit(layer: str, own: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> str | None:
+    """Why `layer`'s tensors cannot all be copied from `source` (None when they can)."""
+    for key in (k for k in own if k.rsplit(".", 1)[0] == layer):
+        if key not in source or source[key].shape != own[key].shape:
+            return why(key, own, source)
+    return None
 
 
 @torch.no_grad()

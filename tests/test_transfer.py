@@ -1,6 +1,7 @@
 """Tests for dnnlab.transfer: model.pretrained / freeze / unfreeze_at / unfrozen_lr_scale."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -120,3 +121,37 @@ def test_bad_settings_name_the_key(tmp_path, override, words):
     cfg = compose(FAST + ["model.depth=2", "model.width=8", "data.limit=50", "trainer.epochs=1", *override])
     with pytest.raises(UserError, match=words.replace(".", r"\.")):
         train(cfg, run_dir=tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory) -> str:
+    """A tiny 2×16 MLP run."""
+    path = tmp_path_factory.mktemp("narrow") / "run"
+    train(compose(FAST + ["model.depth=2", "model.width=16", "data.limit=100", "trainer.epochs=1"]), run_dir=path)
+    return str(path)
+
+
+def test_a_run_of_another_width_is_refused_not_loaded_as_its_bias(narrow, tmp_path):
+    """Issue 11 item 10c: only output.bias fit; that is not a reuse."""
+    cfg = compose(FAST + ["model.depth=2", "model.width=32", "data.limit=100", "trainer.epochs=1",
+                          f"model.pretrained={narrow}"])
+    with pytest.raises(UserError, match=r"no layer below the output fits.*hidden1\.linear: shape \(32, 64\) here, "
+                                        r"\(16, 64\) there.*model\.width"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_layers_that_do_not_fit_are_named_on_the_terminal(narrow, tmp_path, caplog):
+    logger = logging.getLogger("dnnlab")
+    logger.addHandler(caplog.handler)  # the dnnlab logger does not propagate
+    cfg = compose(FAST + ["model.depth=3", "model.width=16", "data.limit=100", "trainer.epochs=1",
+                          f"model.pretrained={narrow}"])
+    try:
+        weights = load_checkpoint(f"{narrow}/checkpoints/best.pt")["model"]
+        model = build_trainer(cfg, RunDir(tmp_path / "run")).model
+        assert torch.equal(model.hidden2.linear.weight, weights["hidden2.linear.weight"])
+        warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "pretrained" in r.getMessage())
+        assert "reused hidden1.linear, hidden2.linear, output" in warning
+        assert "not reused: hidden3.linear (not in the checkpoint)" in warning
+    finally:
+        logger.removeHandler(caplog.handler)
