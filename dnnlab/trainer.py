@@ -88,6 +88,8 @@ class Trainer:
         self.stop_reason = ""
         self.interrupted: int | None = None  # the signal that asked the loop to stop
         self.notes: dict[str, Any] = {}  # extra summary fields contributed by hooks
+        self.wall_s_before = 0.0  # wall time of earlier processes of this run, up to the checkpoint resumed
+        self.started: float | None = None  # perf_counter when this process's `fit` began
         self.setup_fast_paths(precision, compile, cuda_graph, channels_last)
 
     def setup_fast_paths(self, precision: str, compile: bool | str, cuda_graph: bool, channels_last: bool) -> None:
@@ -159,7 +161,7 @@ class Trainer:
 
         On an exception the summary is written with status `failed` and the error, then it is re-raised.
         """
-        started = time.perf_counter()
+        self.started = started = time.perf_counter()
         with self.stop_on_signals():
             try:
                 self.call_hooks("on_fit_start")
@@ -309,7 +311,8 @@ class Trainer:
             "steps": self.step,
             "test_loss": test_loss,
             "test_acc": test_acc,
-            "wall_s": wall_s,
+            "wall_s": self.wall_s_before + wall_s,  # every process of the run (see `wall_s_so_far`)
+            "wall_s_this_process": wall_s,
             "device": str(self.device),
             "n_params": sum(p.numel() for p in self.model.parameters()),
             **self.notes,
@@ -328,6 +331,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "status": self.status,
+            "wall_s": self.wall_s_so_far(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -338,11 +342,19 @@ class Trainer:
             "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
         }
 
+    def wall_s_so_far(self) -> float:
+        """Wall time of the run up to now: earlier processes up to their checkpoint, plus this `fit` so far.
+
+        A partial epoch abandoned on a signal is discarded with its time, like the epoch itself.
+        """
+        return self.wall_s_before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.wall_s_before = state.get("wall_s", 0.0)  # checkpoints before dnnlab recorded it: unknown, 0
         rng = state["rng"]
         random.setstate(rng["python"])
         name, keys, *rest = rng["numpy"]

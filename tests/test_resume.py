@@ -151,3 +151,28 @@ def test_sigkill_or_a_second_sigterm_at_a_random_moment_leaves_a_loadable_last_c
     assert summary["status"] == "completed" and summary["epochs"] == epoch + 1
     assert [r[0] for r in rows(run)] == list(range(1, epoch + 2))
     assert not list(run.rglob("*.tmp"))
+
+
+def test_wall_s_after_a_resume_is_the_total_of_every_process(tmp_path, monkeypatch):
+    """Issue 11 item 10e: 2 epochs kept of 0.2 s each, interrupted in the 3rd, resumed for epochs 3–4."""
+    from dnnlab.trainer import Trainer
+
+    epoch = Trainer.train_epoch
+    first_process = [True]
+
+    def slow_epoch(self):
+        time.sleep(0.2)
+        if first_process[0] and self.epoch == 2:
+            self.interrupt(signal.SIGINT)  # the third epoch is abandoned, and its time with it
+        return epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", slow_epoch)
+    first = train(compose([*SMALL, "trainer.epochs=4"]), run_dir=tmp_path / "run")
+    assert first["status"] == "interrupted" and first["epochs"] == 2
+    first_process[0] = False
+    resumed = train(compose([f"resume={tmp_path / 'run'}"]))
+    assert resumed["status"] == "completed"
+    assert resumed["wall_s"] >= 0.8  # 4 kept epochs of ≥ 0.2 s, in two processes
+    assert 0.4 <= resumed["wall_s_this_process"] <= resumed["wall_s"] - 0.4
+    assert resumed["wall_s"] <= resumed["wall_s_this_process"] + first["wall_s"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["wall_s"] == resumed["wall_s"]
