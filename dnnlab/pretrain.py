@@ -6,6 +6,7 @@ the score the trainer counts, and any hooks its training needs.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import replace
@@ -128,17 +129,27 @@ def build_task(model_cfg: DictConfig) -> Classification:
 
 
 class GreedyLayerwise(Hook):
-    """Before the first epoch, train each encoder/decoder pair of a stacked autoencoder on its own.
+    """At the start of the first epoch, train each encoder/decoder pair of a stacked autoencoder on its own.
 
     Pair k is `hidden{k}` + `decode{k}`; it learns to reconstruct the codings of `hidden{k-1}`
     (the input for k = 1), computed once with the trained pairs below it in eval mode.
+
+    Pretraining belongs to the first epoch: the epoch-0 `last.pt` (written before it) holds the
+    state before pretraining, so a resume from it pretrains again from the same weights and RNG
+    states — exactly — and a resume from a later epoch does not. A signal during pretraining stops
+    the inner trainers and, through the outer one, the run (its first epoch is then discarded).
     """
 
     def __init__(self, optimizer_cfg: DictConfig, epochs: int) -> None:
         self.optimizer_cfg, self.epochs = optimizer_cfg, epochs
+        self.stages: list[dict[str, Any]] = []
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.epoch > 0:  # a resumed run did this before its first checkpoint
+        if self.stages:  # resumed after pretraining: the summary still reports it
+            trainer.notes["greedy_stages"] = self.stages
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        if trainer.epoch > 0 or trainer.interrupted is not None:
             return
         model = trainer.model
         depth = sum(1 for name, _ in model.named_children() if name.startswith("hidden"))
@@ -146,11 +157,14 @@ class GreedyLayerwise(Hook):
         codings = self.codings(nn.Sequential(model.flatten), trainer.data)
         for k in range(1, depth + 1):
             pair = nn.Sequential(getattr(model, f"hidden{k}"), getattr(model, f"decode{k}"))
-            first, last = self.train_pair(pair, codings, trainer)
-            stages.append({"layer": f"hidden{k}", "first_val_loss": first, "val_loss": last})
-            log.info("greedy pretraining hidden%d/%d: val reconstruction loss %.4f → %.4f", k, depth, first, last)
+            losses = self.train_pair(pair, codings, trainer)
+            if losses is None:
+                log.warning("greedy pretraining interrupted at hidden%d/%d; a resume pretrains again from the start", k, depth)
+                return
+            stages.append({"layer": f"hidden{k}", "first_val_loss": losses[0], "val_loss": losses[1]})
+            log.info("greedy pretraining hidden%d/%d: val reconstruction loss %.4f → %.4f", k, depth, *losses)
             codings = self.codings(getattr(model, f"hidden{k}"), codings)
-        trainer.notes["greedy_stages"] = stages
+        self.stages = trainer.notes["greedy_stages"] = stages
 
     @torch.no_grad()
     def codings(self, encoder: nn.Module, data: Splits) -> Splits:
@@ -162,19 +176,51 @@ class GreedyLayerwise(Hook):
             out.update({f"{split}_x": h, f"{split}_y": h})
         return replace(data, **out, input_shape=tuple(out["train_x"].shape[1:]))
 
-    def train_pair(self, pair: nn.Module, data: Splits, outer: Trainer) -> tuple[float, float]:
-        """Train one shallow autoencoder; returns its validation loss before and after."""
+    def train_pair(self, pair: nn.Module, data: Splits, outer: Trainer) -> tuple[float, float] | None:
+        """Train one shallow autoencoder; its validation loss before and after (None when a signal stopped it)."""
         from dnnlab.optim import build_optimizer
 
         optimizer, clipper = build_optimizer(self.optimizer_cfg, pair.parameters())
-        inner = Trainer(
-            pair, data, optimizer, clipper, Schedule(None, "epoch"), hooks=[History()],
+        inner = InnerTrainer(
+            outer, pair, data, optimizer, clipper, Schedule(None, "epoch"), hooks=[History()],
             epochs=self.epochs, batch_size=outer.batch_size, eval_batch_size=outer.eval_batch_size,
             seed=int(outer.generator.initial_seed()), loss_fn=nn.MSELoss(), score_fn=no_score,
         )
         first = inner.evaluate(data.val_x, data.val_y)[0].item()
         inner.fit()
+        if inner.status == "interrupted":
+            return None
         return first, inner.hooks[0].rows[-1]["val_loss"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stages": self.stages}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stages = state.get("stages", [])
+
+
+class InnerTrainer(Trainer):
+    """A trainer run inside another's `fit`: the outer one's signal handlers stay, its stop flag is shared,
+    and only the outer one reports the stop (the inner one has no run folder or checkpoint)."""
+
+    def __init__(self, outer: Trainer, *args: Any, **kwargs: Any) -> None:
+        self.outer = outer
+        super().__init__(*args, **kwargs)
+
+    @property
+    def interrupted(self) -> int | None:  # type: ignore[override]
+        return self.outer.interrupted
+
+    @interrupted.setter
+    def interrupted(self, signum: int | None) -> None:
+        if signum is not None:
+            self.outer.interrupt(signum)
+
+    def stop_on_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # the outer trainer's handlers catch the signal
+
+    def stopped_by_signal(self, partial_epoch: bool) -> None:
+        self.stop("interrupted", "")
 
 
 class History(Hook):

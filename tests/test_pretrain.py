@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
 from torch import nn
 
 from dnnlab.api import build_trainer, compose, train
+from dnnlab.cli import main
 from dnnlab.data import Splits
 from dnnlab.models import autoencoder, mlp
 from dnnlab.pretrain import RealVsCorrupted, Reconstruction
@@ -104,3 +107,74 @@ def test_auxiliary_pretraining_learns_and_its_layers_are_reused(tmp_path):
     saved = load_checkpoint(tmp_path / "aux" / "checkpoints" / "best.pt")["model"]
     assert torch.equal(model.hidden1.linear.weight, saved["hidden1.linear.weight"])
     assert model.output.weight.shape == (10, 32) and not model.output.weight.any()
+
+
+# --- greedy pretraining: signals and exact resume (issue 11 item 7) -------------------------------
+GREEDY = FAST + ["experiment=pretrain_autoencoder", "trainer.epochs=3", "model.task.greedy_epochs=2",
+                 "trainer.device=cpu"]
+TIMELESS = ("epoch_s", "samples_per_s")
+
+
+def rows_without_timing(run) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMELESS} for row in read_metrics(run)]
+
+
+@pytest.fixture(scope="module")
+def greedy_straight(tmp_path_factory):
+    """The uninterrupted greedy run that every interrupted+resumed one must reproduce."""
+    path = tmp_path_factory.mktemp("greedy") / "straight"
+    return path, train(compose(GREEDY), run_dir=path)
+
+
+def check_resume_equals_straight(run, straight) -> None:
+    path, expected = straight
+    assert main(["train", f"resume={run}"]) == 0
+    resumed = json.loads((run / "summary.json").read_text())
+    assert rows_without_timing(run) == rows_without_timing(path)
+    for key in ("status", "epochs", "steps", "test_loss", "greedy_stages"):
+        assert resumed[key] == expected[key], key
+
+
+def test_ctrl_c_during_greedy_pretraining_interrupts_the_run_and_resume_is_exact(tmp_path, monkeypatch, capsys,
+                                                                                 greedy_straight):
+    """SIGINT during the second pair's pretraining: exit 130, status interrupted, no epoch kept; resume is exact."""
+    from dnnlab.pretrain import History
+
+    calls, record = [0], History.on_epoch_end
+
+    def ctrl_c_in_the_third_inner_epoch(self, trainer, metrics):
+        record(self, trainer, metrics)
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(History, "on_epoch_end", ctrl_c_in_the_third_inner_epoch)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *GREEDY, "hydra.run.dir=run"]) == 130
+    err = capsys.readouterr().err
+    assert "IndexError" not in err and "greedy pretraining interrupted at hidden2/2" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs"] == 0 and summary["interrupted_by"] == "SIGINT"
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 0
+    calls[0] = -10**9  # no more signals
+    check_resume_equals_straight(tmp_path / "run", greedy_straight)
+
+
+@pytest.mark.parametrize("at_epoch", [0, 2])
+def test_a_greedy_run_stopped_after_pretraining_resumes_exactly(tmp_path, monkeypatch, greedy_straight, at_epoch):
+    """Stopped in epoch 1 (the resume starts from the epoch-0 checkpoint) or in epoch 3."""
+    from dnnlab.pretrain import GreedyLayerwise
+
+    start = GreedyLayerwise.on_epoch_start
+    armed = [True]
+
+    def stop_at(self, trainer):
+        start(self, trainer)
+        if armed[0] and trainer.epoch == at_epoch:
+            trainer.interrupt(signal.SIGTERM)
+
+    monkeypatch.setattr(GreedyLayerwise, "on_epoch_start", stop_at)
+    summary = train(compose(GREEDY), run_dir=tmp_path / "run")
+    assert summary["status"] == "interrupted" and summary["epochs"] == at_epoch
+    armed[0] = False
+    check_resume_equals_straight(tmp_path / "run", greedy_straight)
