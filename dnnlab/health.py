@@ -14,6 +14,15 @@ triggered it. One verdict per kind at most. The rules and their thresholds:
   probe samples) ≥ 0.5.
 - `overfitting`: the validation loss rose while the training loss fell, 3 epochs in a row.
 - `divergence`: the run's status is `diverged`, or a training or validation loss is non-finite.
+- `not_learning`: over a run of ≥ 3 epochs, train_loss never fell 1 % below its first epoch's
+  value (the weights barely move: a learning rate or clipping norm far too small), or val_acc
+  stayed ≤ chance + 0.05 and ended no higher than where it began or chance, whichever is higher
+  (a slow start climbs out of chance), chance being
+  1 / the number of classes (`chance_acc` in the summary; runs without it get only the loss
+  rule). It judges the whole run, so its `epoch` is the last.
+- `non_finite_optimized_loss`: some step's optimized loss (data loss + penalties) was NaN/inf; the
+  metrics key `optimized_loss_nonfinite_steps` counts them per epoch (written when a penalty is
+  configured). train_loss is the data loss alone, so it can look fine while the optimizer sees inf.
 
 The per-layer rules need the diagnostics keys (`trainer.diagnostics=true`); verdicts are computed
 from `metrics.jsonl` rows only (plus the status), so `dnnlab report` recomputes them for old runs.
@@ -31,6 +40,9 @@ EXPLODING_RATIO = 1e2
 DEAD_FRAC = 0.5
 SAT_FRAC = 0.5
 OVERFIT_EPOCHS = 3
+NOT_LEARNING_EPOCHS = 3
+FLAT_LOSS = 0.01  # relative fall of train_loss below the first epoch's
+CHANCE_MARGIN = 0.05  # best val_acc at most this far above chance
 
 Row = dict[str, Any]
 Verdict = dict[str, Any]
@@ -159,8 +171,49 @@ def divergence(rows: list[Row], status: str | None) -> list[Verdict]:
     return []
 
 
-def verdicts(rows: Iterable[Row], status: str | None = None) -> list[Verdict]:
-    """Every verdict the metrics rows (and the run's status) support, in a fixed order."""
+def not_learning(rows: list[Row], chance: float | None) -> list[Verdict]:
+    """A run whose training loss stayed flat, or whose validation accuracy stayed at chance."""
+    rows = [row for row in rows if finite(row.get("train_loss"))]
+    if len(rows) < NOT_LEARNING_EPOCHS:
+        return []
+    first, last = rows[0], rows[-1]
+    lowest = min(row["train_loss"] for row in rows)
+    span = f"epochs {first['epoch']}–{last['epoch']}"
+    if lowest > first["train_loss"] - FLAT_LOSS * abs(first["train_loss"]):
+        return [verdict(
+            "not_learning", None, last["epoch"],
+            f"train_loss {first['train_loss']:.4g} → {last['train_loss']:.4g} (lowest {lowest:.4g}) over {span}: "
+            f"never {FLAT_LOSS:.0%} below epoch {first['epoch']}'s (threshold: a {FLAT_LOSS:.0%} fall, over ≥ "
+            f"{NOT_LEARNING_EPOCHS} epochs)",
+        )]
+    accuracies = [row.get("val_acc") for row in rows]
+    at_chance = finite(chance) and chance > 0 and all(map(finite, accuracies)) and max(accuracies) <= chance + CHANCE_MARGIN
+    if at_chance and accuracies[-1] <= max(accuracies[0], chance):  # a slow start climbs out of chance
+        return [verdict(
+            "not_learning", None, last["epoch"],
+            f"val_acc at most {max(accuracies):.3f} over {span} and not rising ({accuracies[0]:.3f} → "
+            f"{accuracies[-1]:.3f}), at chance ({chance:.3f}, 1 in {round(1 / chance)} classes; threshold "
+            f"≤ chance + {CHANCE_MARGIN:g} in ≥ {NOT_LEARNING_EPOCHS} epochs)",
+        )]
+    return []
+
+
+def non_finite_optimized_loss(rows: list[Row]) -> list[Verdict]:
+    """Steps whose optimized loss (data loss + penalties) was NaN/inf, as the trainer counted them."""
+    for row in rows:
+        count = row.get("optimized_loss_nonfinite_steps")
+        if isinstance(count, int) and count > 0:
+            return [verdict(
+                "non_finite_optimized_loss", None, row["epoch"],
+                f"the optimized loss (data loss + penalties) was NaN/inf in {count} steps of epoch {row['epoch']} "
+                f"while train_loss (the data loss) = {row.get('train_loss', math.nan):.4g}: a penalty overflows "
+                f"(regularization.l1/l2.weight far too large?)",
+            )]
+    return []
+
+
+def verdicts(rows: Iterable[Row], status: str | None = None, chance: float | None = None) -> list[Verdict]:
+    """Every verdict the metrics rows (the run's status, its chance accuracy) support, in a fixed order."""
     rows = [row for row in rows if "epoch" in row]
     return [
         *gradient_flow(rows),
@@ -168,6 +221,8 @@ def verdicts(rows: Iterable[Row], status: str | None = None) -> list[Verdict]:
         *unit_health(rows, "sat_frac", SAT_FRAC, "saturation", "sit within 1 % of a bound on most probe samples"),
         *overfitting(rows),
         *divergence(rows, status),
+        *non_finite_optimized_loss(rows),
+        *not_learning(rows, chance),
     ]
 
 
@@ -178,4 +233,5 @@ class HealthHook(Hook):
         self.run = run
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
-        summary["health"] = verdicts(self.run.read_metrics(), summary.get("status"))
+        summary["chance_acc"] = 1 / trainer.data.n_classes  # for `not_learning`, here and in `dnnlab report`
+        summary["health"] = verdicts(self.run.read_metrics(), summary.get("status"), summary["chance_acc"])

@@ -95,7 +95,8 @@ def load_run(path: Path) -> Run:
     run = RunDir(path)
     summary = run.read_summary() if run.summary_path.is_file() else {}
     rows = run.read_metrics()
-    return Run(path, rows, summary, read_overrides(path), path.name, health.verdicts(rows, summary.get("status")))
+    return Run(path, rows, summary, read_overrides(path), path.name,
+               health.verdicts(rows, summary.get("status"), summary.get("chance_acc")))
 
 
 def job_key(path: Path) -> tuple[int, str]:

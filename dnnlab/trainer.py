@@ -76,6 +76,9 @@ class Trainer:
         self.hooks = list(hooks)
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.device = data.train_x.device
+        # train_loss is the data loss alone: steps whose optimized loss (with penalties) is NaN/inf are
+        # counted on the device and read with the epoch's numbers (metrics `optimized_loss_nonfinite_steps`).
+        self.nonfinite_optimized = torch.zeros((), dtype=torch.long, device=self.device) if self.penalties else None
         # Classification by default; other tasks (reconstruction, auxiliary) bring their own pair.
         self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
         self.score_fn = score_fn if score_fn is not None else count_correct
@@ -194,7 +197,8 @@ class Trainer:
                 break
             val_loss, val_acc = self.evaluate(self.data.val_x, self.data.val_y)
             # The one host-device sync of the epoch.
-            numbers = torch.stack([train_loss, train_acc, val_loss, val_acc, finite_steps.float()]).tolist()
+            counted = [] if self.nonfinite_optimized is None else [self.nonfinite_optimized.float()]
+            numbers = torch.stack([train_loss, train_acc, val_loss, val_acc, finite_steps.float(), *counted]).tolist()
             epoch_s = time.perf_counter() - t0
             self.epoch += 1
             metrics = {
@@ -208,6 +212,8 @@ class Trainer:
                 "epoch_s": epoch_s,
                 "samples_per_s": len(self.data.train_y) / epoch_s,
             }
+            if counted:
+                metrics["optimized_loss_nonfinite_steps"] = int(numbers[5])
             if not math.isfinite(numbers[0]):
                 self.diverged(boundary_step + int(numbers[4]) + 1)
             elif not math.isfinite(numbers[2]):
@@ -231,6 +237,8 @@ class Trainer:
             self.step_graph.begin_epoch()
         n, size = len(self.data.train_y), self.batch_size
         order = torch.randperm(n, device=self.device, generator=self.generator)
+        if self.nonfinite_optimized is not None:
+            self.nonfinite_optimized.zero_()
         # Per-step results land in device buffers (one small copy each) and are reduced once per epoch.
         losses = torch.zeros(self.steps_per_epoch, device=self.device)
         hits = torch.zeros(self.steps_per_epoch, device=self.device, dtype=torch.long)
@@ -261,6 +269,8 @@ class Trainer:
         total = loss
         for reg in self.penalties:
             total = total + reg.penalty(self.weights)
+        if self.nonfinite_optimized is not None:
+            self.nonfinite_optimized += ~torch.isfinite(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.clipper:

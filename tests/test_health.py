@@ -85,3 +85,46 @@ def test_unit_verdicts_name_the_worst_layer_and_the_threshold(key, name):
     assert names(found) == [name]
     assert found[0]["layer"] == "hidden2" and "0.70" in found[0]["evidence"] and "2 of 3" in found[0]["evidence"]
     assert verdicts(rows([1.0], [1.0], **{f"{key}/hidden1": 0.49})) == []
+
+
+# --- not learning, and a non-finite optimized loss (issue 11 item 11) ------------------------------
+@pytest.mark.parametrize("stuck", ["optimizer.clip_norm=1e-12", "optimizer.lr=1e-320"])
+def test_a_run_whose_weights_do_not_move_is_not_learning(tiny_cfg, tmp_path, stuck):
+    summary = train(tiny_cfg("trainer.epochs=3", stuck), run_dir=tmp_path)
+    assert summary["status"] == "completed"
+    found = next(v for v in summary["health"] if v["verdict"] == "not_learning")
+    assert found["epoch"] == 3 and "train_loss" in found["evidence"] and "1%" in found["evidence"]
+    # An old run (no chance_acc, no verdicts in its summary) gets it in `dnnlab report` too.
+    from dnnlab.report import load_run
+
+    old = {k: v for k, v in summary.items() if k not in ("health", "chance_acc")}
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    assert "not_learning" in names(load_run(tmp_path).health)
+
+
+def test_an_infinite_penalty_is_diagnosed_though_train_loss_is_finite(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("trainer.epochs=3", "regularization=[l2]", "regularization.l2.weight=1e38"), run_dir=tmp_path)
+    metrics = RunDir(tmp_path).read_metrics()
+    assert all(row["train_loss"] < 10 for row in metrics)  # the data loss alone looks fine
+    assert metrics[0]["optimized_loss_nonfinite_steps"] == metrics[0]["step"]  # every step's optimized loss was inf
+    found = next(v for v in summary["health"] if v["verdict"] == "non_finite_optimized_loss")
+    assert found["epoch"] == 1 and "data loss + penalties" in found["evidence"]
+    assert "not_learning" in names(summary["health"])  # the penalty keeps it at chance
+    healthy = train(tiny_cfg("trainer.epochs=3", "regularization=[l2]"), run_dir=tmp_path / "healthy")
+    assert healthy["health"] == [] and RunDir(tmp_path / "healthy").read_metrics()[0]["optimized_loss_nonfinite_steps"] == 0
+
+
+def test_not_learning_needs_three_flat_epochs_or_chance_accuracy():
+    flat = [2.3, 2.29, 2.295]
+    found = verdicts(rows([2.3] * 3, flat, val_acc=0.9))
+    assert names(found) == ["not_learning"] and "lowest 2.29" in found[0]["evidence"]
+    assert verdicts(rows([2.3] * 2, flat[:2])) == []  # two epochs say nothing
+    falling, at_chance = [2.3, 2.0, 1.8], [{"val_acc": a} for a in (0.13, 0.14, 0.12)]
+    chance_rows = [{**r, **a} for r, a in zip(rows([2.3] * 3, falling), at_chance)]
+    found = verdicts(chance_rows, chance=0.1)
+    assert names(found) == ["not_learning"] and "val_acc at most 0.140" in found[0]["evidence"]
+    assert "1 in 10 classes" in found[0]["evidence"]
+    assert verdicts(chance_rows) == []  # without the chance level only the loss rule applies
+    for accuracies in ((0.3, 0.5, 0.7), (0.13, 0.13, 0.146)):  # learning; a slow start
+        learning = [{**r, "val_acc": a} for r, a in zip(rows([2.3] * 3, falling), accuracies)]
+        assert verdicts(learning, chance=0.1) == []
