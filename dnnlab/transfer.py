@@ -22,6 +22,7 @@ log = logging.getLogger("dnnlab")
 # model.* keys that configure how the model is trained, not the architecture function's arguments.
 TRAINING_KEYS = ("pretrained", "freeze", "unfreeze_at", "unfrozen_lr_scale", "task")
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+NEW_HEAD = "new, zero: the source run learned other labels"
 
 
 def architecture_config(model_cfg: DictConfig) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | 
     new_output = cfg is not None and not same_labels(cfg, checkpoint.get("config"))
     misfits = {layer: reason for layer in layers(own) if (reason := misfit(layer, own, source))}
     if new_output:
-        misfits.setdefault(output, "new, zero: the source run learned other labels")
+        misfits.update({layer: NEW_HEAD for layer in layers(own) if layer.split(".")[0] == output})
     matched = {k: source[k] for k in own if k.rsplit(".", 1)[0] not in misfits}
     reused = layers(matched)
     if all(layer.split(".")[0] == output for layer in reused):
@@ -112,8 +113,7 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | 
             f"Use the same model type with the same model.width (and input size) for the layers to reuse"
         )
     model.load_state_dict(matched, strict=False)
-    unfit = {layer: reason for layer, reason in misfits.items() if not (new_output and layer == output)}
-    say = log.warning if unfit else log.info  # a layer that does not fit is news; a new head is the plan
+    say = log.warning if set(misfits.values()) - {NEW_HEAD} else log.info  # a misfit is news; a new head is the plan
     say("model.pretrained: reused %s from %s; not reused: %s", ", ".join(reused), file,
         ", ".join(f"{k} ({v})" for k, v in misfits.items()) or "none")
     if not any(k.startswith(output + ".") for k in matched):
