@@ -17,9 +17,8 @@ triggered it. One verdict per kind at most. The rules and their thresholds:
 - `not_learning`: over a run of ≥ 3 epochs, train_loss never fell 1 % below its first epoch's
   value (the weights barely move: a learning rate or clipping norm far too small), or val_acc
   stayed ≤ chance + 0.05 and ended no higher than where it began or chance, whichever is higher
-  (a slow start climbs out of chance), chance being
-  1 / the number of classes (`chance_acc` in the summary; runs without it get only the loss
-  rule). It judges the whole run, so its `epoch` is the last.
+  (a slow start climbs out of chance); chance is 1 / the number of classes (`chance_acc` in the
+  summary; runs without it get only the loss rule). It judges the whole run: its `epoch` is the last.
 - `non_finite_optimized_loss`: some step's optimized loss (data loss + penalties) was NaN/inf; the
   metrics key `optimized_loss_nonfinite_steps` counts them per epoch (written when a penalty is
   configured). train_loss is the data loss alone, so it can look fine while the optimizer sees inf.
@@ -233,5 +232,7 @@ class HealthHook(Hook):
         self.run = run
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
-        summary["chance_acc"] = 1 / trainer.data.n_classes  # for `not_learning`, here and in `dnnlab report`
-        summary["health"] = verdicts(self.run.read_metrics(), summary.get("status"), summary["chance_acc"])
+        rows = self.run.read_metrics()
+        # For `not_learning`, here and in `dnnlab report`; a task without accuracy (reconstruction) has none.
+        summary["chance_acc"] = 1 / trainer.data.n_classes if rows and finite(rows[-1].get("val_acc")) else None
+        summary["health"] = verdicts(rows, summary.get("status"), summary["chance_acc"])
