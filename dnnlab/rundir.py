@@ -24,6 +24,13 @@ from dnnlab.hooks import Hook
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
 LOCK_NAME = ".lock"
+# The temp files dnnlab's writers leave when killed mid-write, by folder (relative to the run folder):
+# atomic_write's .<name>.<random>.tmp of the files dnnlab writes there, and copy_checkpoint's link temp.
+OWN_TEMP_FILES = {
+    ".": r"\.(summary\.json|metrics\.jsonl|eval\.json|export\.json|lr_find\.json)\.\w+\.tmp",
+    "checkpoints": r"\.[^/]+\.pt\.(\w+|\d+\.link)\.tmp",
+    ".hydra": r"\.(config|overrides|hydra)\.yaml\.\w+\.tmp",
+}
 # Keys a checkpoint must hold for `resume=` to continue a run exactly.
 RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks")
 
@@ -172,9 +179,14 @@ class RunDir:
             lock.release()
 
     def remove_temp_files(self) -> None:
-        """Delete temp files that a writer killed mid-write left (the real files are whole)."""
-        for tmp in self.path.rglob(f".*{TEMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
+        """Delete the temp files a dnnlab writer killed mid-write left (the real files are whole).
+
+        Only dnnlab's own, by name and place: the folder may be a user's (`hydra.run.dir=.`).
+        """
+        for folder, pattern in OWN_TEMP_FILES.items():
+            for tmp in (self.path / folder).glob(f".*{TEMP_SUFFIX}"):
+                if re.fullmatch(pattern, tmp.name) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
 
     def attach_log(self, logger: logging.Logger) -> logging.Handler:
         """Mirror `logger` into train.log; returns the handler so the caller can detach it."""

@@ -251,3 +251,19 @@ def test_best_is_a_snapshot_that_survives_later_writes_of_last(tmp_path):
     assert torch.load(run.checkpoint_path("best"), weights_only=True)["epoch"] == 1
     assert torch.load(run.checkpoint_path("last"), weights_only=True)["epoch"] == 2
     assert not [p for p in run.checkpoint_path("last").parent.iterdir() if p.name.startswith(".")]
+
+
+def test_taking_the_lock_removes_only_dnnlabs_own_temp_files(tmp_path):
+    """`hydra.run.dir=.` in a user's folder: their hidden *.tmp files are theirs, not a killed writer's."""
+    run = RunDir(tmp_path)
+    own = [tmp_path / ".summary.json.k2j4x_9a.tmp", tmp_path / "checkpoints" / ".last.pt.abcd1234.tmp",
+           tmp_path / "checkpoints" / ".best.pt.4242.link.tmp", tmp_path / ".hydra" / ".config.yaml.zz11yy22.tmp"]
+    theirs = [tmp_path / ".notes.tmp", tmp_path / "sub" / ".x.tmp", tmp_path / "sub" / ".summary.json.k2j4x_9a.tmp",
+              tmp_path / ".hydra" / ".mine.tmp"]
+    for path in own + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    with run.lock():
+        pass
+    assert [p for p in own if p.exists()] == []
+    assert [p for p in theirs if not p.exists()] == []
