@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -31,6 +32,12 @@ OWN_TEMP_FILES = {
     "checkpoints": r"\.[^/]+\.pt\.(\w+|\d+\.link)\.tmp",
     ".hydra": r"\.(config|overrides|hydra)\.yaml\.\w+\.tmp",
 }
+# A folder holding any of these holds a run: a new run there would mix with it.
+RUN_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
+# Everything dnnlab writes into a run folder (train, eval, export, lr-find, report's report.md and *.png):
+# what trainer.overwrite=true moves aside.
+RUN_ENTRIES = (".hydra", *RUN_MARKERS, "train.log", "tensorboard", "eval.json", "export.json", "export",
+               "report.md", "lr_find.csv", "lr_find.json", "lr_find.png")
 # Keys a checkpoint must hold for `resume=` to continue a run exactly.
 RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks")
 
@@ -95,6 +102,51 @@ class RunDir:
 
     def checkpoint_path(self, name: str = "last") -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
+
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_MARKERS)
+
+    def check_free(self, overwrite: bool = False) -> None:
+        """RunFolderError unless a new run may start here: the folder holds no run, or `overwrite` may move it aside."""
+        if not self.holds_run():
+            return
+        if not overwrite:
+            found = ", ".join(name for name in RUN_MARKERS if (self.path / name).exists())
+            raise RunFolderError(
+                f"The folder {self.path} already holds a run ({found}); a new run there would mix its metrics and "
+                f"checkpoints into that one. Continue that run with `dnnlab train resume={self.path}`, pick another "
+                f"folder (hydra.run.dir=… or run_dir=…), or add trainer.overwrite=true to move the old run aside "
+                f"into {self.path.name or '.'}.old-<n> beside it."
+            )
+        foreign = sorted(p.name for p in self.path.iterdir() if not self._is_run_entry(p.name))
+        if foreign:
+            raise RunFolderError(
+                f"trainer.overwrite=true moves the run in {self.path} aside, but the folder also holds files dnnlab "
+                f"did not write ({', '.join(foreign[:5])}{', …' if len(foreign) > 5 else ''}), which would stay "
+                f"mixed with the new run. Move them away, or train into a folder of its own."
+            )
+
+    @staticmethod
+    def _is_run_entry(name: str) -> bool:
+        return name in (*RUN_ENTRIES, LOCK_NAME) or name.endswith(".png")
+
+    def move_aside(self) -> Path:
+        """Move the run in this folder (dnnlab's files; not the lock) into a new sibling <name>.old-<n>; returns it."""
+        here = self.path.absolute()
+        n = 1
+        while True:
+            target = here.parent / f"{here.name}.old-{n}"
+            try:
+                target.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        for entry in sorted(self.path.iterdir()):
+            if entry.name != LOCK_NAME and self._is_run_entry(entry.name):
+                shutil.move(entry, target / entry.name)  # a rename; a copy only across file systems
+        fsync_dir(self.path)
+        fsync_dir(target)
+        return target
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:

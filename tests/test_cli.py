@@ -43,3 +43,15 @@ def test_resume_through_the_cli_continues_in_the_run_folder_and_leaves_no_other(
     assert main(["train", "-m", "resume=first", "trainer.epochs=4", "hydra.sweep.dir=sweep"]) == 0
     assert len((tmp_path / "first" / "metrics.jsonl").read_text().splitlines()) == 4
     assert [p.name for p in (tmp_path / "sweep").iterdir()] == ["multirun.yaml"]  # no empty job folder
+
+
+def test_a_second_train_into_the_same_run_dir_is_refused_in_one_paragraph(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FAST, "hydra.run.dir=first"]) == 0
+    rows = (tmp_path / "first" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", *FAST, "optimizer=sgd", "hydra.run.dir=first"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "resume=" in err and "trainer.overwrite=true" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (tmp_path / "first" / "metrics.jsonl").read_text() == rows

@@ -267,3 +267,43 @@ def test_taking_the_lock_removes_only_dnnlabs_own_temp_files(tmp_path):
         pass
     assert [p for p in own if p.exists()] == []
     assert [p for p in theirs if not p.exists()] == []
+
+
+# ------------------------------------------------------- a folder that already holds a run
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under `folder` (but the lock file) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_training_into_a_folder_that_holds_a_run_is_refused_and_changes_nothing(finished_run):
+    before = snapshot(finished_run)
+    with pytest.raises(RunFolderError) as info:
+        train(compose([*FAST, "trainer.epochs=1"]), run_dir=finished_run)
+    message = str(info.value)
+    assert "already holds a run" in message and f"resume={finished_run}" in message
+    assert "trainer.overwrite=true" in message and "\n" not in message
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_moves_the_old_run_aside_and_says_where(tmp_path):
+    run = tmp_path / "run"
+    train(compose([*FAST, "trainer.epochs=2"]), run_dir=run)
+    old = snapshot(run)
+    train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=run)
+    assert snapshot(tmp_path / "run.old-1") == old  # the old run, whole, untouched
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1]  # never mixed
+    assert f"is now in {tmp_path / 'run.old-1'}" in (run / "train.log").read_text()
+    train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=run)
+    assert (tmp_path / "run.old-2" / "metrics.jsonl").is_file() and snapshot(tmp_path / "run.old-1") == old
+
+
+def test_overwrite_never_moves_or_mixes_a_users_own_files(finished_run):
+    (finished_run / "notes.txt").write_text("mine")
+    try:
+        before = snapshot(finished_run)
+        with pytest.raises(RunFolderError, match=r"did not write \(notes\.txt\)"):
+            train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=finished_run)
+        assert snapshot(finished_run) == before and not (finished_run.parent / "run.old-1").exists()
+    finally:
+        (finished_run / "notes.txt").unlink()
