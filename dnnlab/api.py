@@ -238,8 +238,11 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     )
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json)."""
+def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json).
+
+    `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
+    """
     from dnnlab.console import ProgressBar, attach_console, console, results_table
 
     schema.validate(cfg)  # before anything is built or written
@@ -272,7 +275,9 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             if state is not None:
                 restore(trainer, state, checkpoint)
             # Everything fits: from here on the run folder changes.
-            run.save_config(cfg, overwrite=checkpoint is not None)
+            run.save_config(cfg, overwrite=True)
+            if state is None and hydra_cfg is not None:
+                run.save_launch(hydra_cfg)
             if state is not None:
                 run.keep_metrics_through(trainer.epoch)
                 log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)

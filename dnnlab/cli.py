@@ -77,7 +77,7 @@ def train_task(cfg) -> float:
     from hydra.types import RunMode
 
     from dnnlab.api import resume_config, train
-    from dnnlab.errors import is_user_error
+    from dnnlab.errors import RunFolderBusy, is_user_error
     from dnnlab.rundir import RunDir, remove_stray
     from dnnlab.sweeps import plan_job
 
@@ -95,15 +95,16 @@ def train_task(cfg) -> float:
             if action == "resume":  # an interrupted or preempted job continues from its last.pt
                 print(f"dnnlab: sweep job {job_dir} was interrupted: resuming", file=sys.stderr)
                 cfg = resume_config(job_dir)
-        summary = train(cfg)
+        summary = train(cfg, hydra_cfg=hydra_cfg)
     except KeyboardInterrupt:  # Ctrl-C before training began
         remove_stray(job_dir)
         raise
     except Exception as error:
         if sweep:
-            record_failure(job_dir, error)
+            record_failure(job_dir, error, cfg, hydra_cfg)
             return math.nan
-        remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
+        if not isinstance(error, RunFolderBusy):  # a busy folder is another process's: leave it be
+            remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
         if not is_user_error(error):
             raise
         _deferred.append(error)
@@ -122,14 +123,25 @@ def raise_if_interrupted(summary: dict[str, Any]) -> None:
         raise Interrupted(signal.Signals[summary["interrupted_by"]])
 
 
-def record_failure(job_dir: Path, error: Exception) -> None:
-    """Print a sweep job's error and make sure its folder says `failed` (train writes it when training had begun)."""
+def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) -> None:
+    """Print a sweep job's error and make sure its folder says `failed` and which job it was (train
+    writes both once training has begun)."""
+    from omegaconf import OmegaConf
+
     from dnnlab.errors import one_line
-    from dnnlab.rundir import RunDir
+    from dnnlab.rundir import RunDir, atomic_write
 
     report_error(error, prefix=f"sweep job {job_dir} failed: ")
-    if not (job_dir / "summary.json").exists():
-        RunDir(job_dir).write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
+    run = RunDir(job_dir)
+    if not run.summary_path.exists():
+        run.write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
+    if not run.config_path.exists():
+        try:
+            text = OmegaConf.to_yaml(cfg, resolve=True)
+        except Exception:  # the error may be an interpolation that does not resolve
+            text = OmegaConf.to_yaml(cfg)
+        atomic_write(run.config_path, lambda f: f.write(text), mode="w")
+        run.save_launch(hydra_cfg)
 
 
 class SweepReport(Callback):

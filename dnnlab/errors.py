@@ -25,6 +25,10 @@ class RunFolderError(UserError):
     """`resume=` names no run, or another process is writing the run folder."""
 
 
+class RunFolderBusy(RunFolderError):
+    """Another process holds the run folder's lock: this process was refused and wrote nothing."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM; a KeyboardInterrupt so that a sweep stops too.
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import CheckpointError, ConfigError, RunFolderError
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderBusy, RunFolderError
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -181,10 +181,20 @@ class RunDir:
             return json.load(f)
 
     def save_config(self, cfg: DictConfig, overwrite: bool = False) -> None:
-        """Write the resolved config unless Hydra already did (`overwrite`: a resumed run's new config)."""
+        """Write the resolved config unless there is one (`overwrite`: a new run's, or a resumed run's new config)."""
         if overwrite or not self.config_path.exists():
             text = OmegaConf.to_yaml(cfg, resolve=True)
             atomic_write(self.config_path, lambda f: f.write(text), mode="w")
+
+    def save_launch(self, hydra_cfg: DictConfig) -> None:
+        """Hydra's record of the job that started this run, beside config.yaml: overrides.yaml and hydra.yaml.
+
+        dnnlab writes them (hydra.output_subdir is null), under the lock and only for a run that goes ahead,
+        so a refused process leaves the folder as it was.
+        """
+        for name, node in (("overrides.yaml", hydra_cfg.overrides.task), ("hydra.yaml", {"hydra": hydra_cfg})):
+            text = OmegaConf.to_yaml(node)
+            atomic_write(self.config_path.with_name(name), lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
@@ -219,7 +229,7 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise RunFolderError(
+            raise RunFolderBusy(
                 f"The run folder {self.path} is in use by another dnnlab process (it holds {self.path / LOCK_NAME}). "
                 f"Two writers would interleave its metrics and checkpoints: wait for that run to end or stop it, "
                 f"or train into a new folder (without resume=)."
