@@ -65,6 +65,8 @@ def hydra_app(task, argv: list[str], prog: str) -> int:
 
 # A single run's user error, carried past Hydra (which would print a traceback) to `main`.
 _deferred: list[Exception] = []
+# Sweep jobs this process did not run because their folder was taken (not failures).
+_refused: list[str] = []
 
 
 def train_task(cfg) -> float:
@@ -77,7 +79,7 @@ def train_task(cfg) -> float:
     from hydra.types import RunMode
 
     from dnnlab.api import resume_config, train
-    from dnnlab.errors import RunFolderBusy, is_user_error
+    from dnnlab.errors import RunFolderTaken, is_user_error
     from dnnlab.rundir import RunDir, remove_stray
     from dnnlab.sweeps import plan_job
 
@@ -100,10 +102,14 @@ def train_task(cfg) -> float:
         remove_stray(job_dir)
         raise
     except Exception as error:
+        if sweep and isinstance(error, RunFolderTaken):  # not this job's failure: write nothing there
+            report_error(error, prefix=f"sweep job {job_dir} was not run: ")
+            _refused.append(str(job_dir))
+            return math.nan
         if sweep:
             record_failure(job_dir, error, cfg, hydra_cfg)
             return math.nan
-        if not isinstance(error, RunFolderBusy):  # a busy folder is another process's: leave it be
+        if not isinstance(error, RunFolderTaken):  # a taken folder is another run's: leave it be
             remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
         if not is_user_error(error):
             raise
@@ -179,7 +185,11 @@ def sweep_exit_code() -> int:
     if bad:
         diverged = f", {len(bad) - failed} diverged" if len(bad) > failed else ""
         print(f"dnnlab: {failed} of {len(SweepReport.outcome)} sweep jobs failed{diverged} (listed above).", file=sys.stderr)
-    return 1 if failed else 0
+    if _refused:
+        jobs = "1 sweep job was" if len(_refused) == 1 else f"{len(_refused)} sweep jobs were"
+        print(f"dnnlab: {jobs} not run, as its folder was taken (listed above: {', '.join(_refused)}); nothing was "
+              f"written there. Re-run the sweep once the process writing it has ended.", file=sys.stderr)
+    return 1 if failed or _refused else 0
 
 
 def preflight(args: Any) -> None:
@@ -225,6 +235,7 @@ def train_main(argv: list[str]) -> int:
             return 0
         preflight(args)
     _deferred.clear()
+    _refused.clear()
     SweepReport.outcome = []
     hydra_app(train_task, argv, "dnnlab train")
     if _deferred:

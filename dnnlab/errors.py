@@ -25,8 +25,9 @@ class RunFolderError(UserError):
     """`resume=` names no run, or another process is writing the run folder."""
 
 
-class RunFolderBusy(RunFolderError):
-    """Another process holds the run folder's lock: this process was refused and wrote nothing."""
+class RunFolderTaken(RunFolderError):
+    """The folder is not this run's to write (another process holds its lock, or it holds another run);
+    the refused process wrote nothing there."""
 
 
 class Interrupted(KeyboardInterrupt):

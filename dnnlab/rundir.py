@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import CheckpointError, ConfigError, RunFolderBusy, RunFolderError
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderTaken, RunFolderError
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -112,7 +112,7 @@ class RunDir:
             return
         if not overwrite:
             found = ", ".join(name for name in RUN_MARKERS if (self.path / name).exists())
-            raise RunFolderError(
+            raise RunFolderTaken(
                 f"The folder {self.path} already holds a run ({found}); a new run there would mix its metrics and "
                 f"checkpoints into that one. Continue that run with `dnnlab train resume={self.path}`, pick another "
                 f"folder (hydra.run.dir=… or run_dir=…), or add trainer.overwrite=true to move the old run aside "
@@ -229,7 +229,7 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise RunFolderBusy(
+            raise RunFolderTaken(
                 f"The run folder {self.path} is in use by another dnnlab process (it holds {self.path / LOCK_NAME}). "
                 f"Two writers would interleave its metrics and checkpoints: wait for that run to end or stop it, "
                 f"or train into a new folder (without resume=)."

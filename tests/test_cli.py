@@ -99,3 +99,20 @@ def test_dnnlab_writes_hydras_files_itself_and_old_run_folders_still_work(capsys
     assert main(["eval", "old"]) == 0
     assert main(["report", "old", "new", "--format", "json"]) == 0
     assert {row["optimizer"] for row in json.loads(capsys.readouterr().out)} == {"sgd", "adam"}
+
+
+def test_a_duplicate_sweep_launch_leaves_a_job_another_process_trains_alone(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = ["train", "-m", "optimizer=sgd,adam", *FAST, "hydra.sweep.dir=sweep"]
+    assert main(sweep) == 0
+    live = tmp_path / "sweep" / "1"
+    (live / "summary.json").unlink()  # as while another process still trains it: last.pt, no summary
+    with RunDir(live).lock():
+        before = snapshot(live)
+        capsys.readouterr()
+        assert main(sweep) == 1
+        assert snapshot(live) == before  # no `failed`, nothing
+    err = " ".join(capsys.readouterr().err.split())
+    assert "in use by another dnnlab process" in err and "1 sweep job was not run" in err and "failed" not in err
+    assert main(sweep) == 0  # once that process is gone, the job continues from its last.pt
+    assert summary(live)["status"] == "completed" and (live / "checkpoints" / "last.pt").is_file()
