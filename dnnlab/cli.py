@@ -72,6 +72,8 @@ _refused: list[str] = []
 def train_task(cfg) -> float:
     """Hydra task: one training run; returns the best validation accuracy (for sweepers).
 
+    A sweep job is matched to its sweep's folders by config (see sweeps.plan_job): re-running a
+    sweep skips, resumes or restarts its jobs and never deletes a finished one.
     In a sweep a job's error is recorded in its summary.json (`failed`) and the sweep goes on;
     a signal stops the whole sweep (`Interrupted` is a KeyboardInterrupt, which launchers pass on).
     """
@@ -80,34 +82,35 @@ def train_task(cfg) -> float:
 
     from dnnlab.api import resume_config, train
     from dnnlab.errors import RunFolderTaken, is_user_error
-    from dnnlab.rundir import RunDir, remove_stray
+    from dnnlab.rundir import remove_stray
     from dnnlab.sweeps import plan_job
 
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = job_dir  # where this job's run is: a sweep job may be matched to another folder
     try:
         if cfg.resume:  # a sweep over runs to continue: each continues in its own folder
             cfg = resume_config(cfg.resume, [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")])
-        elif sweep:
-            action, previous = plan_job(RunDir(job_dir), cfg)
-            if action == "skip":
-                print(f"dnnlab: sweep job {job_dir} already {previous['status']}: skipped", file=sys.stderr)
-                return float(previous.get("best_val_acc") or 0.0)
-            if action == "resume":  # an interrupted or preempted job continues from its last.pt
-                print(f"dnnlab: sweep job {job_dir} was interrupted: resuming", file=sys.stderr)
-                cfg = resume_config(job_dir)
-        summary = train(cfg, hydra_cfg=hydra_cfg)
+        elif sweep and not cfg.trainer.get("overwrite"):  # overwrite: its own folder, the old run moved aside
+            plan = plan_job(job_dir, len(Path(str(hydra_cfg.sweep.subdir)).parts), cfg)
+            folder = plan.folder
+            print(plan.line(job_dir), file=sys.stderr)
+            if plan.action == "skip":
+                return float(plan.summary.get("best_val_acc") or 0.0)
+            if plan.action == "resume":  # an interrupted or preempted job continues from its last.pt
+                cfg = resume_config(folder)
+        summary = train(cfg, run_dir=None if cfg.resume else folder, hydra_cfg=hydra_cfg)
     except KeyboardInterrupt:  # Ctrl-C before training began
         remove_stray(job_dir)
         raise
     except Exception as error:
         if sweep and isinstance(error, RunFolderTaken):  # not this job's failure: write nothing there
             report_error(error, prefix=f"sweep job {job_dir} was not run: ")
-            _refused.append(str(job_dir))
+            _refused.append(str(folder))
             return math.nan
         if sweep:
-            record_failure(job_dir, error, cfg, hydra_cfg)
+            record_failure(folder, error, cfg, hydra_cfg)
             return math.nan
         if not isinstance(error, RunFolderTaken):  # a taken folder is another run's: leave it be
             remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
@@ -115,6 +118,9 @@ def train_task(cfg) -> float:
             raise
         _deferred.append(error)
         return math.nan
+    finally:
+        if folder != job_dir:
+            remove_stray(job_dir)  # Hydra made it, the job ran elsewhere
     if cfg.resume:
         remove_stray(job_dir)  # the run went on in its own folder
     raise_if_interrupted(summary)
