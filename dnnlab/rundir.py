@@ -348,19 +348,29 @@ def run_folder_of(checkpoint: Path) -> Path | None:
 
 
 def remove_stray(path: str | os.PathLike) -> bool:
-    """Remove a folder Hydra made for a job that wrote nothing (only .hydra/ and the lock); True if removed."""
+    """Remove a folder Hydra made for a job that wrote nothing (only .hydra/ and the lock); True if removed.
+
+    Never one whose lock another process holds: a run setting up there has written nothing yet either.
+    """
     path = Path(path)
     if not path.is_dir() or any(p.name not in (".hydra", LOCK_NAME) for p in path.iterdir()):
         return False
     hydra = path / ".hydra"
-    if hydra.is_dir():
-        if any(p.suffix != ".yaml" or p.is_dir() for p in hydra.iterdir()):
-            return False
-        for p in hydra.iterdir():
-            p.unlink()
-        hydra.rmdir()
-    (path / LOCK_NAME).unlink(missing_ok=True)
-    path.rmdir()
+    if hydra.is_dir() and any(p.suffix != ".yaml" or p.is_dir() for p in hydra.iterdir()):
+        return False
+    try:
+        with RunDir(path).lock():
+            for p in hydra.glob("*.yaml"):
+                p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                hydra.rmdir()
+            (path / LOCK_NAME).unlink(missing_ok=True)
+    except RunFolderTaken:
+        return False
+    try:
+        path.rmdir()
+    except OSError:  # something appeared meanwhile: not a stray
+        return False
     with contextlib.suppress(OSError):  # also outputs/<date>/ and outputs/ when this was their only run
         path.parent.rmdir()
         path.parent.parent.rmdir()

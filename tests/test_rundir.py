@@ -186,6 +186,9 @@ def test_remove_stray_takes_only_folders_that_hold_nothing(tmp_path):
     (kept / ".hydra").mkdir(parents=True)
     (kept / "metrics.jsonl").write_text("{}\n")
     assert not remove_stray(kept) and (kept / "metrics.jsonl").exists()
+    setting_up = tmp_path / "setting-up"  # another process has locked it and not written yet
+    with RunDir(setting_up).lock():
+        assert not remove_stray(setting_up) and (setting_up / ".lock").exists()
 
 
 # ---------------------------------------------------------------- divergence and failures
