@@ -138,21 +138,20 @@ def raise_if_interrupted(summary: dict[str, Any]) -> None:
 def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) -> None:
     """Print a sweep job's error and make sure its folder says `failed` and which job it was (train
     writes both once training has begun)."""
-    from omegaconf import OmegaConf
+    import contextlib
+
+    from omegaconf.errors import OmegaConfBaseException
 
     from dnnlab.errors import one_line
-    from dnnlab.rundir import RunDir, atomic_write
+    from dnnlab.rundir import RunDir
 
     report_error(error, prefix=f"sweep job {job_dir} failed: ")
     run = RunDir(job_dir)
     if not run.summary_path.exists():
         run.write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
     if not run.config_path.exists():
-        try:
-            text = OmegaConf.to_yaml(cfg, resolve=True)
-        except Exception:  # the error may be an interpolation that does not resolve
-            text = OmegaConf.to_yaml(cfg)
-        atomic_write(run.config_path, lambda f: f.write(text), mode="w")
+        with contextlib.suppress(OmegaConfBaseException):  # the error may be an interpolation that does not resolve
+            run.save_config(cfg)
         run.save_launch(hydra_cfg)
 
 

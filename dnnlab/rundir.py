@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import CheckpointError, ConfigError, RunFolderTaken, RunFolderError
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -116,7 +116,7 @@ class RunDir:
                 f"The folder {self.path} already holds a run ({found}); a new run there would mix its metrics and "
                 f"checkpoints into that one. Continue that run with `dnnlab train resume={self.path}`, pick another "
                 f"folder (hydra.run.dir=… or run_dir=…), or add trainer.overwrite=true to move the old run aside "
-                f"into {self.path.name or '.'}.old-<n> beside it."
+                f"into {self.path.absolute().name}.old-<n> beside it."
             )
         foreign = sorted(p.name for p in self.path.iterdir() if not self._is_run_entry(p.name))
         if foreign:
