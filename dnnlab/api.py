@@ -75,6 +75,8 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
                                   f"so resume= cannot know how it was trained.")
         cfg = OmegaConf.create(text)
     OmegaConf.set_struct(cfg, True)
+    if OmegaConf.select(cfg, "trainer.overwrite"):
+        cfg.trainer.overwrite = False  # it said how the run started; continuing it moves nothing aside
     for override in schema.parse_overrides(overrides):
         apply_resume_override(cfg, override)
     with open_dict(cfg):
@@ -236,8 +238,11 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     )
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json)."""
+def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json).
+
+    `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
+    """
     from dnnlab.console import ProgressBar, attach_console, console, results_table
 
     schema.validate(cfg)  # before anything is built or written
@@ -245,20 +250,34 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)  # parallel sweep jobs must not oversubscribe the cores
     checkpoint = find_checkpoint(cfg.resume) if cfg.resume else None
+    overwrite = bool(cfg.trainer.get("overwrite", False))
+    if checkpoint is not None and overwrite:
+        raise ConfigError(f"resume={cfg.resume} continues that run in its own folder, and trainer.overwrite=true "
+                          f"would move a run aside to start a new one there: drop one of the two.")
     # A resumed run continues in its own folder.
     run = RunDir(run_dir or (checkpoint and run_folder_of(checkpoint)) or default_run_dir())
+    if checkpoint is None:
+        run.check_free(overwrite)  # before the lock: a refusal writes nothing
     with run.lock():
+        moved = None
+        if checkpoint is None and run.holds_run():  # trainer.overwrite=true (or a run that appeared since the check)
+            run.check_free(overwrite)
+            moved = run.move_aside()
         state = load_checkpoint(checkpoint) if checkpoint else None
         handlers = [run.attach_log(log), attach_console(log)]
         log.setLevel(logging.INFO)
         try:
+            if moved is not None:
+                log.warning("trainer.overwrite=true: the run that was in %s is now in %s", run.path, moved)
             hooks = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
             with setup_errors():
                 trainer = build_trainer(cfg, run, hooks)
             if state is not None:
                 restore(trainer, state, checkpoint)
             # Everything fits: from here on the run folder changes.
-            run.save_config(cfg, overwrite=checkpoint is not None)
+            run.save_config(cfg, overwrite=True)
+            if state is None and hydra_cfg is not None:
+                run.save_launch(hydra_cfg)
             if state is not None:
                 run.keep_metrics_through(trainer.epoch)
                 log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)

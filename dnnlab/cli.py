@@ -65,11 +65,15 @@ def hydra_app(task, argv: list[str], prog: str) -> int:
 
 # A single run's user error, carried past Hydra (which would print a traceback) to `main`.
 _deferred: list[Exception] = []
+# Sweep jobs this process did not run because their folder was taken (not failures).
+_refused: list[str] = []
 
 
 def train_task(cfg) -> float:
     """Hydra task: one training run; returns the best validation accuracy (for sweepers).
 
+    A sweep job is matched to its sweep's folders by config (see sweeps.plan_job): re-running a
+    sweep skips, resumes or restarts its jobs and never deletes a finished one.
     In a sweep a job's error is recorded in its summary.json (`failed`) and the sweep goes on;
     a signal stops the whole sweep (`Interrupted` is a KeyboardInterrupt, which launchers pass on).
     """
@@ -77,37 +81,46 @@ def train_task(cfg) -> float:
     from hydra.types import RunMode
 
     from dnnlab.api import resume_config, train
-    from dnnlab.errors import is_user_error
-    from dnnlab.rundir import RunDir, remove_stray
+    from dnnlab.errors import RunFolderTaken, is_user_error
+    from dnnlab.rundir import remove_stray
     from dnnlab.sweeps import plan_job
 
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    folder = job_dir  # where this job's run is: a sweep job may be matched to another folder
     try:
         if cfg.resume:  # a sweep over runs to continue: each continues in its own folder
             cfg = resume_config(cfg.resume, [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")])
-        elif sweep:
-            action, previous = plan_job(RunDir(job_dir), cfg)
-            if action == "skip":
-                print(f"dnnlab: sweep job {job_dir} already {previous['status']}: skipped", file=sys.stderr)
-                return float(previous.get("best_val_acc") or 0.0)
-            if action == "resume":  # an interrupted or preempted job continues from its last.pt
-                print(f"dnnlab: sweep job {job_dir} was interrupted: resuming", file=sys.stderr)
-                cfg = resume_config(job_dir)
-        summary = train(cfg)
+        elif sweep and not cfg.trainer.get("overwrite"):  # overwrite: its own folder, the old run moved aside
+            plan = plan_job(job_dir, len(Path(str(hydra_cfg.sweep.subdir)).parts), cfg)
+            folder = plan.folder
+            print(plan.line(job_dir), file=sys.stderr)
+            if plan.action == "skip":
+                return float(plan.summary.get("best_val_acc") or 0.0)
+            if plan.action == "resume":  # an interrupted or preempted job continues from its last.pt
+                cfg = resume_config(folder)
+        summary = train(cfg, run_dir=None if cfg.resume else folder, hydra_cfg=hydra_cfg)
     except KeyboardInterrupt:  # Ctrl-C before training began
         remove_stray(job_dir)
         raise
     except Exception as error:
-        if sweep:
-            record_failure(job_dir, error)
+        if sweep and isinstance(error, RunFolderTaken):  # not this job's failure: write nothing there
+            report_error(error, prefix=f"sweep job {job_dir} was not run: ")
+            _refused.append(str(folder))
             return math.nan
-        remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
+        if sweep:
+            record_failure(folder, error, cfg, hydra_cfg)
+            return math.nan
+        if not isinstance(error, RunFolderTaken):  # a taken folder is another run's: leave it be
+            remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
         if not is_user_error(error):
             raise
         _deferred.append(error)
         return math.nan
+    finally:
+        if folder != job_dir:
+            remove_stray(job_dir)  # Hydra made it, the job ran elsewhere
     if cfg.resume:
         remove_stray(job_dir)  # the run went on in its own folder
     raise_if_interrupted(summary)
@@ -122,14 +135,24 @@ def raise_if_interrupted(summary: dict[str, Any]) -> None:
         raise Interrupted(signal.Signals[summary["interrupted_by"]])
 
 
-def record_failure(job_dir: Path, error: Exception) -> None:
-    """Print a sweep job's error and make sure its folder says `failed` (train writes it when training had begun)."""
+def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) -> None:
+    """Print a sweep job's error and make sure its folder says `failed` and which job it was (train
+    writes both once training has begun)."""
+    import contextlib
+
+    from omegaconf.errors import OmegaConfBaseException
+
     from dnnlab.errors import one_line
     from dnnlab.rundir import RunDir
 
     report_error(error, prefix=f"sweep job {job_dir} failed: ")
-    if not (job_dir / "summary.json").exists():
-        RunDir(job_dir).write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
+    run = RunDir(job_dir)
+    if not run.summary_path.exists():
+        run.write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
+    if not run.config_path.exists():
+        with contextlib.suppress(OmegaConfBaseException):  # the error may be an interpolation that does not resolve
+            run.save_config(cfg)
+        run.save_launch(hydra_cfg)
 
 
 class SweepReport(Callback):
@@ -167,7 +190,11 @@ def sweep_exit_code() -> int:
     if bad:
         diverged = f", {len(bad) - failed} diverged" if len(bad) > failed else ""
         print(f"dnnlab: {failed} of {len(SweepReport.outcome)} sweep jobs failed{diverged} (listed above).", file=sys.stderr)
-    return 1 if failed else 0
+    if _refused:
+        jobs = "1 sweep job was" if len(_refused) == 1 else f"{len(_refused)} sweep jobs were"
+        print(f"dnnlab: {jobs} not run, as its folder was taken (listed above: {', '.join(_refused)}); nothing was "
+              f"written there. Re-run the sweep once the process writing it has ended.", file=sys.stderr)
+    return 1 if failed or _refused else 0
 
 
 def preflight(args: Any) -> None:
@@ -213,6 +240,7 @@ def train_main(argv: list[str]) -> int:
             return 0
         preflight(args)
     _deferred.clear()
+    _refused.clear()
     SweepReport.outcome = []
     hydra_app(train_task, argv, "dnnlab train")
     if _deferred:

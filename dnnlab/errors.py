@@ -25,6 +25,11 @@ class RunFolderError(UserError):
     """`resume=` names no run, or another process is writing the run folder."""
 
 
+class RunFolderTaken(RunFolderError):
+    """The folder is not this run's to write (another process holds its lock, or it holds another run);
+    the refused process wrote nothing there."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM; a KeyboardInterrupt so that a sweep stops too.
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,12 +19,25 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import CheckpointError, ConfigError, RunFolderError
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
 LOCK_NAME = ".lock"
+# The temp files dnnlab's writers leave when killed mid-write, by folder (relative to the run folder):
+# atomic_write's .<name>.<random>.tmp of the files dnnlab writes there, and copy_checkpoint's link temp.
+OWN_TEMP_FILES = {
+    ".": r"\.(summary\.json|metrics\.jsonl|eval\.json|export\.json|lr_find\.json)\.\w+\.tmp",
+    "checkpoints": r"\.[^/]+\.pt\.(\w+|\d+\.link)\.tmp",
+    ".hydra": r"\.(config|overrides|hydra)\.yaml\.\w+\.tmp",
+}
+# A folder holding any of these holds a run: a new run there would mix with it.
+RUN_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
+# Everything dnnlab writes into a run folder (train, eval, export, lr-find, report's report.md and *.png):
+# what trainer.overwrite=true moves aside.
+RUN_ENTRIES = (".hydra", *RUN_MARKERS, "train.log", "tensorboard", "eval.json", "export.json", "export",
+               "report.md", "lr_find.csv", "lr_find.json", "lr_find.png")
 # Keys a checkpoint must hold for `resume=` to continue a run exactly.
 RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks")
 
@@ -89,6 +103,51 @@ class RunDir:
     def checkpoint_path(self, name: str = "last") -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
 
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_MARKERS)
+
+    def check_free(self, overwrite: bool = False) -> None:
+        """RunFolderError unless a new run may start here: the folder holds no run, or `overwrite` may move it aside."""
+        if not self.holds_run():
+            return
+        if not overwrite:
+            found = ", ".join(name for name in RUN_MARKERS if (self.path / name).exists())
+            raise RunFolderTaken(
+                f"The folder {self.path} already holds a run ({found}); a new run there would mix its metrics and "
+                f"checkpoints into that one. Continue that run with `dnnlab train resume={self.path}`, pick another "
+                f"folder (hydra.run.dir=… or run_dir=…), or add trainer.overwrite=true to move the old run aside "
+                f"into {self.path.absolute().name}.old-<n> beside it."
+            )
+        foreign = sorted(p.name for p in self.path.iterdir() if not self._is_run_entry(p.name))
+        if foreign:
+            raise RunFolderError(
+                f"trainer.overwrite=true moves the run in {self.path} aside, but the folder also holds files dnnlab "
+                f"did not write ({', '.join(foreign[:5])}{', …' if len(foreign) > 5 else ''}), which would stay "
+                f"mixed with the new run. Move them away, or train into a folder of its own."
+            )
+
+    @staticmethod
+    def _is_run_entry(name: str) -> bool:
+        return name in (*RUN_ENTRIES, LOCK_NAME) or name.endswith(".png")
+
+    def move_aside(self) -> Path:
+        """Move the run in this folder (dnnlab's files; not the lock) into a new sibling <name>.old-<n>; returns it."""
+        here = self.path.absolute()
+        n = 1
+        while True:
+            target = here.parent / f"{here.name}.old-{n}"
+            try:
+                target.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+        for entry in sorted(self.path.iterdir()):
+            if entry.name != LOCK_NAME and self._is_run_entry(entry.name):
+                shutil.move(entry, target / entry.name)  # a rename; a copy only across file systems
+        fsync_dir(self.path)
+        fsync_dir(target)
+        return target
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n")
@@ -122,10 +181,20 @@ class RunDir:
             return json.load(f)
 
     def save_config(self, cfg: DictConfig, overwrite: bool = False) -> None:
-        """Write the resolved config unless Hydra already did (`overwrite`: a resumed run's new config)."""
+        """Write the resolved config unless there is one (`overwrite`: a new run's, or a resumed run's new config)."""
         if overwrite or not self.config_path.exists():
             text = OmegaConf.to_yaml(cfg, resolve=True)
             atomic_write(self.config_path, lambda f: f.write(text), mode="w")
+
+    def save_launch(self, hydra_cfg: DictConfig) -> None:
+        """Hydra's record of the job that started this run, beside config.yaml: overrides.yaml and hydra.yaml.
+
+        dnnlab writes them (hydra.output_subdir is null), under the lock and only for a run that goes ahead,
+        so a refused process leaves the folder as it was.
+        """
+        for name, node in (("overrides.yaml", hydra_cfg.overrides.task), ("hydra.yaml", {"hydra": hydra_cfg})):
+            text = OmegaConf.to_yaml(node)
+            atomic_write(self.config_path.with_name(name), lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
@@ -160,7 +229,7 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise RunFolderError(
+            raise RunFolderTaken(
                 f"The run folder {self.path} is in use by another dnnlab process (it holds {self.path / LOCK_NAME}). "
                 f"Two writers would interleave its metrics and checkpoints: wait for that run to end or stop it, "
                 f"or train into a new folder (without resume=)."
@@ -172,9 +241,14 @@ class RunDir:
             lock.release()
 
     def remove_temp_files(self) -> None:
-        """Delete temp files that a writer killed mid-write left (the real files are whole)."""
-        for tmp in self.path.rglob(f".*{TEMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
+        """Delete the temp files a dnnlab writer killed mid-write left (the real files are whole).
+
+        Only dnnlab's own, by name and place: the folder may be a user's (`hydra.run.dir=.`).
+        """
+        for folder, pattern in OWN_TEMP_FILES.items():
+            for tmp in (self.path / folder).glob(f".*{TEMP_SUFFIX}"):
+                if re.fullmatch(pattern, tmp.name) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
 
     def attach_log(self, logger: logging.Logger) -> logging.Handler:
         """Mirror `logger` into train.log; returns the handler so the caller can detach it."""
@@ -274,19 +348,29 @@ def run_folder_of(checkpoint: Path) -> Path | None:
 
 
 def remove_stray(path: str | os.PathLike) -> bool:
-    """Remove a folder Hydra made for a job that wrote nothing (only .hydra/ and the lock); True if removed."""
+    """Remove a folder Hydra made for a job that wrote nothing (only .hydra/ and the lock); True if removed.
+
+    Never one whose lock another process holds: a run setting up there has written nothing yet either.
+    """
     path = Path(path)
     if not path.is_dir() or any(p.name not in (".hydra", LOCK_NAME) for p in path.iterdir()):
         return False
     hydra = path / ".hydra"
-    if hydra.is_dir():
-        if any(p.suffix != ".yaml" or p.is_dir() for p in hydra.iterdir()):
-            return False
-        for p in hydra.iterdir():
-            p.unlink()
-        hydra.rmdir()
-    (path / LOCK_NAME).unlink(missing_ok=True)
-    path.rmdir()
+    if hydra.is_dir() and any(p.suffix != ".yaml" or p.is_dir() for p in hydra.iterdir()):
+        return False
+    try:
+        with RunDir(path).lock():
+            for p in hydra.glob("*.yaml"):
+                p.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                hydra.rmdir()
+            (path / LOCK_NAME).unlink(missing_ok=True)
+    except RunFolderTaken:
+        return False
+    try:
+        path.rmdir()
+    except OSError:  # something appeared meanwhile: not a stray
+        return False
     with contextlib.suppress(OSError):  # also outputs/<date>/ and outputs/ when this was their only run
         path.parent.rmdir()
         path.parent.parent.rmdir()

@@ -106,6 +106,7 @@ RULES: dict[str, Rule] = {
     "trainer.monitor": TEXT,
     "trainer.monitor_mode": choice("min", "max"),
     "trainer.progress": BOOLEAN,
+    "trainer.overwrite": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
     "trainer.threads": optional(integer(1)),
     "trainer.precision": choice("fp32", "bf16"),

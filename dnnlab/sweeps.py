@@ -1,16 +1,20 @@
-"""Sweeps at scale: what a job does when its sweep is re-run, and how many CPU threads it may use.
+"""Sweeps at scale: where a job runs when its sweep is re-run, and how many CPU threads it may use.
 
 Hydra's own launchers (basic, joblib, submitit local/SLURM) and sweepers (basic, Optuna) run the
 jobs; this module only makes each job a good citizen of its sweep.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.rundir import RunDir
@@ -64,43 +68,104 @@ def previous_status(run: RunDir) -> str | None:
     return "interrupted" if run.checkpoint_path("last").exists() else None
 
 
-def same_job(run: RunDir, cfg: DictConfig) -> bool:
-    """Whether the earlier attempt in this folder trained this very config (an Optuna re-run may not)."""
-    from dnnlab.rundir import load_checkpoint
-
-    path = run.checkpoint_path("last")
-    if not path.exists():
-        return False
-    try:
-        saved = load_checkpoint(path).get("config", "")
-    except Exception:  # an unreadable checkpoint is no earlier attempt worth keeping
-        return False
-    return bool(saved) and without_resume(OmegaConf.create(saved)) == without_resume(cfg)
+# Not part of what a job is: where it resumed from, and how its folder was made free.
+NOT_IDENTITY = (("resume",), ("trainer", "overwrite"))
 
 
-def without_resume(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain data, minus `resume` (a resumed attempt records where it resumed from)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data.pop("resume", None)
+def identity(data: dict[str, Any]) -> dict[str, Any]:
+    """A job's resolved config as plain data, minus the keys in NOT_IDENTITY: equal identities, same job."""
+    data = copy.deepcopy(data)
+    for *parents, leaf in NOT_IDENTITY:
+        node = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return data
 
 
-def plan_job(run: RunDir, cfg: DictConfig) -> tuple[str, dict[str, Any] | None]:
-    """What a re-run sweep job does in its folder: ('skip', summary) | ('resume', None) | ('fresh', None).
+def job_identity(cfg: DictConfig) -> dict[str, Any]:
+    return identity(OmegaConf.to_container(cfg, resolve=True))
 
-    Completed (or early-stopped) jobs are skipped, interrupted ones resume from last.pt, and failed or
-    diverged ones start over — each only when the folder's checkpoint holds this job's config.
+
+def folder_identity(run: RunDir) -> dict[str, Any] | None:
+    """The identity of the job whose run this folder holds (its .hydra/config.yaml), or None."""
+    try:
+        text = run.config_path.read_text()
+        if "${" in text:  # written by Hydra before dnnlab wrote .hydra/ itself: unresolved
+            data = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+        else:  # dnnlab's own, resolved: plain YAML, read fast (a sweep compares every job folder)
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception:  # no config, or one that does not read or resolve: no job to match
+        return None
+    return identity(data) if isinstance(data, dict) else None
+
+
+@dataclass
+class Plan:
+    """What a sweep job does: skip (already done), resume, restart (a failed attempt) or new; and in which folder."""
+
+    action: str
+    folder: Path
+    status: str | None = None
+    summary: dict[str, Any] | None = None
+    note: str = ""
+
+    def line(self, job_dir: Path) -> str:
+        what = {
+            "skip": f"already {self.status} in {self.folder}: kept, skipped",
+            "resume": f"was interrupted: resuming in {self.folder}",
+            "restart": f"{self.status} before: starting over in {self.folder}",
+            "new": f"new run in {self.folder}",
+        }[self.action]
+        return f"dnnlab: sweep job {job_dir} {what}{self.note}"
+
+
+# A folder's status → how well a job whose config it holds is served by it (higher: prefer that folder).
+PREFERENCE = {"completed": 3, "early_stopped": 3, "interrupted": 2}
+
+
+def plan_job(job_dir: Path, depth: int, cfg: DictConfig) -> Plan:
+    """Where a sweep job runs and what it does there, matched by config, not by Hydra's job number.
+
+    A folder of the sweep holding this config's run is used: completed or early-stopped → skip,
+    interrupted → resume, failed or diverged → start over (its outputs are cleared, under the lock).
+    Else the job's own folder, unless it holds another config's run: that run is kept and the job
+    goes to a new folder beside it. `depth`: how many levels below the sweep folder job folders lie.
     """
-    status = previous_status(run)
-    if status is None:
-        return "fresh", None
-    if same_job(run, cfg):
+    want = job_identity(cfg)
+    own = RunDir(job_dir)
+    sweep_dir = job_dir.parents[depth - 1]
+    candidates = [job_dir, *(p for p in sorted(sweep_dir.glob("/".join(["*"] * depth)))
+                             if p != job_dir and p.is_dir())]
+    matches = [(folder, status) for folder in candidates
+               if (status := previous_status(RunDir(folder))) is not None and folder_identity(RunDir(folder)) == want]
+    if matches:
+        folder, status = max(matches, key=lambda m: (PREFERENCE.get(m[1], 1), m[0] == job_dir))
+        run = RunDir(folder)
         if status in ("completed", "early_stopped"):
-            return "skip", run.read_summary()
+            return Plan("skip", folder, status, run.read_summary())
         if status == "interrupted":
-            return "resume", None
-    clear_attempt(run)  # failed, diverged, or another config: keep nothing that could be mistaken for this attempt
-    return "fresh", None
+            return Plan("resume", folder, status)
+        with run.lock():  # never clear what another process is writing
+            if previous_status(run) == status:
+                clear_attempt(run)
+        return Plan("restart", folder, status)
+    if previous_status(own) is None:
+        return Plan("new", job_dir)
+    return Plan("new", claim_folder(job_dir), note=f" ({job_dir} holds another config's run: kept)")
+
+
+def claim_folder(job_dir: Path) -> Path:
+    """A new, empty folder beside `job_dir` (<name>-<k>), made here so that no parallel job takes it too."""
+    k = 1
+    while True:
+        folder = job_dir.with_name(f"{job_dir.name}-{k}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            k += 1
 
 
 def clear_attempt(run: RunDir) -> None:

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from dnnlab.api import compose, train
 from dnnlab.cli import main
+from dnnlab.rundir import RunDir
+from test_rundir import snapshot
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
         "data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=2"]
@@ -43,3 +50,69 @@ def test_resume_through_the_cli_continues_in_the_run_folder_and_leaves_no_other(
     assert main(["train", "-m", "resume=first", "trainer.epochs=4", "hydra.sweep.dir=sweep"]) == 0
     assert len((tmp_path / "first" / "metrics.jsonl").read_text().splitlines()) == 4
     assert [p.name for p in (tmp_path / "sweep").iterdir()] == ["multirun.yaml"]  # no empty job folder
+
+
+def test_a_second_train_into_the_same_run_dir_is_refused_in_one_paragraph(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FAST, "hydra.run.dir=first"]) == 0
+    rows = (tmp_path / "first" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", *FAST, "optimizer=sgd", "hydra.run.dir=first"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "resume=" in err and "trainer.overwrite=true" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert (tmp_path / "first" / "metrics.jsonl").read_text() == rows
+    assert "torch.optim.Adam" in (tmp_path / "first" / ".hydra" / "config.yaml").read_text()  # not sgd's
+
+
+@pytest.mark.parametrize("state", ["setting up", "training"])
+def test_a_refused_second_writer_changes_nothing_in_the_folder(capsys, tmp_path, monkeypatch, state):
+    """Another process holds the folder (here: this test holds its lock) while it sets up or trains."""
+    monkeypatch.chdir(tmp_path)
+    live = tmp_path / "live"
+    if state == "training":
+        train(compose([*FAST, "trainer.epochs=1"]), run_dir=live)
+    with RunDir(live).lock():
+        before = snapshot(live)
+        assert main(["train", *FAST, "activation=tanh", "hydra.run.dir=live"]) == 2
+        assert snapshot(live) == before and (live / ".lock").exists()
+    err = capsys.readouterr().err
+    assert ("in use by another dnnlab process" if state == "setting up" else "already holds a run") in err
+
+
+def test_dnnlab_writes_hydras_files_itself_and_old_run_folders_still_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *FAST, "optimizer=sgd", "hydra.run.dir=new"]) == 0
+    hydra = tmp_path / "new" / ".hydra"
+    assert "${" not in (hydra / "config.yaml").read_text()  # resolved: what ran, not what the variables say today
+    assert "optimizer=sgd" in yaml.safe_load((hydra / "overrides.yaml").read_text())
+    assert yaml.safe_load((hydra / "hydra.yaml").read_text())["hydra"]["job"]["name"] == "train"
+    # A folder written before dnnlab wrote .hydra/ itself: Hydra's unresolved config.yaml.
+    old = tmp_path / "old"
+    cfg = compose([*FAST, "optimizer=adam"])
+    train(cfg, run_dir=old)
+    (old / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (old / ".hydra" / "overrides.yaml").write_text("- optimizer=adam\n")
+    assert "${" in (old / ".hydra" / "config.yaml").read_text()
+    assert main(["train", "resume=old", "trainer.epochs=3"]) == 0
+    assert summary(old)["epochs"] == 3
+    assert main(["eval", "old"]) == 0
+    assert main(["report", "old", "new", "--format", "json"]) == 0
+    assert {row["optimizer"] for row in json.loads(capsys.readouterr().out)} == {"sgd", "adam"}
+
+
+def test_a_duplicate_sweep_launch_leaves_a_job_another_process_trains_alone(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = ["train", "-m", "optimizer=sgd,adam", *FAST, "hydra.sweep.dir=sweep"]
+    assert main(sweep) == 0
+    live = tmp_path / "sweep" / "1"
+    (live / "summary.json").unlink()  # as while another process still trains it: last.pt, no summary
+    with RunDir(live).lock():
+        before = snapshot(live)
+        capsys.readouterr()
+        assert main(sweep) == 1
+        assert snapshot(live) == before  # no `failed`, nothing
+    err = " ".join(capsys.readouterr().err.split())
+    assert "in use by another dnnlab process" in err and "1 sweep job was not run" in err and "failed" not in err
+    assert main(sweep) == 0  # once that process is gone, the job continues from its last.pt
+    assert summary(live)["status"] == "completed" and (live / "checkpoints" / "last.pt").is_file()

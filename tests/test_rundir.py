@@ -186,6 +186,9 @@ def test_remove_stray_takes_only_folders_that_hold_nothing(tmp_path):
     (kept / ".hydra").mkdir(parents=True)
     (kept / "metrics.jsonl").write_text("{}\n")
     assert not remove_stray(kept) and (kept / "metrics.jsonl").exists()
+    setting_up = tmp_path / "setting-up"  # another process has locked it and not written yet
+    with RunDir(setting_up).lock():
+        assert not remove_stray(setting_up) and (setting_up / ".lock").exists()
 
 
 # ---------------------------------------------------------------- divergence and failures
@@ -251,3 +254,59 @@ def test_best_is_a_snapshot_that_survives_later_writes_of_last(tmp_path):
     assert torch.load(run.checkpoint_path("best"), weights_only=True)["epoch"] == 1
     assert torch.load(run.checkpoint_path("last"), weights_only=True)["epoch"] == 2
     assert not [p for p in run.checkpoint_path("last").parent.iterdir() if p.name.startswith(".")]
+
+
+def test_taking_the_lock_removes_only_dnnlabs_own_temp_files(tmp_path):
+    """`hydra.run.dir=.` in a user's folder: their hidden *.tmp files are theirs, not a killed writer's."""
+    run = RunDir(tmp_path)
+    own = [tmp_path / ".summary.json.k2j4x_9a.tmp", tmp_path / "checkpoints" / ".last.pt.abcd1234.tmp",
+           tmp_path / "checkpoints" / ".best.pt.4242.link.tmp", tmp_path / ".hydra" / ".config.yaml.zz11yy22.tmp"]
+    theirs = [tmp_path / ".notes.tmp", tmp_path / "sub" / ".x.tmp", tmp_path / "sub" / ".summary.json.k2j4x_9a.tmp",
+              tmp_path / ".hydra" / ".mine.tmp"]
+    for path in own + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    with run.lock():
+        pass
+    assert [p for p in own if p.exists()] == []
+    assert [p for p in theirs if not p.exists()] == []
+
+
+# ------------------------------------------------------- a folder that already holds a run
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file under `folder` (but the lock file) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_training_into_a_folder_that_holds_a_run_is_refused_and_changes_nothing(finished_run):
+    before = snapshot(finished_run)
+    with pytest.raises(RunFolderError) as info:
+        train(compose([*FAST, "trainer.epochs=1"]), run_dir=finished_run)
+    message = str(info.value)
+    assert "already holds a run" in message and f"resume={finished_run}" in message
+    assert "trainer.overwrite=true" in message and "\n" not in message
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_moves_the_old_run_aside_and_says_where(tmp_path):
+    run = tmp_path / "run"
+    train(compose([*FAST, "trainer.epochs=2"]), run_dir=run)
+    old = snapshot(run)
+    train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=run)
+    assert snapshot(tmp_path / "run.old-1") == old  # the old run, whole, untouched
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1]  # never mixed
+    assert f"is now in {tmp_path / 'run.old-1'}" in (run / "train.log").read_text()
+    train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=run)
+    assert (tmp_path / "run.old-2" / "metrics.jsonl").is_file() and snapshot(tmp_path / "run.old-1") == old
+
+
+def test_overwrite_never_moves_or_mixes_a_users_own_files(finished_run):
+    (finished_run / "notes.txt").write_text("mine")
+    try:
+        before = snapshot(finished_run)
+        with pytest.raises(RunFolderError, match=r"did not write \(notes\.txt\)"):
+            train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=finished_run)
+        assert snapshot(finished_run) == before and not (finished_run.parent / "run.old-1").exists()
+    finally:
+        (finished_run / "notes.txt").unlink()

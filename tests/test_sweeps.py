@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from dnnlab.api import compose, train
 from dnnlab.rundir import RunDir
 from dnnlab.sweeps import plan_job, thread_budget
+from test_rundir import snapshot
 
 TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.progress=false"]
 
@@ -66,18 +67,49 @@ def test_rerunning_a_finished_sweep_skips_every_job_and_resumes_an_interrupted_o
     assert metrics(job1) == first[1]  # the resumed job reproduces the uninterrupted numbers
 
 
-def test_plan_job_reruns_failed_and_different_configs(tmp_path):
+def test_plan_job_matches_by_config_and_never_clears_another_configs_run(tmp_path):
+    """Changed deliberately (issue 11, item 3): another config's finished run is kept, not cleared."""
     cfg = compose(TINY)
-    run = RunDir(tmp_path / "job")
-    assert plan_job(run, cfg) == ("fresh", None)
-    train(cfg, run_dir=run.path)
-    action, summary = plan_job(run, cfg)
-    assert action == "skip" and summary["status"] == "completed"
+    job = tmp_path / "sweep" / "0"
+    job.mkdir(parents=True)
+    assert (plan_job(job, 1, cfg).action, plan_job(job, 1, cfg).folder) == ("new", job)
+    train(cfg, run_dir=job)
+    plan = plan_job(job, 1, cfg)
+    assert plan.action == "skip" and plan.summary["status"] == "completed" and plan.folder == job
+    before = snapshot(job)
     other = compose([*TINY, "optimizer.lr=0.1"])  # an Optuna re-run may give this job number new values
-    assert plan_job(run, other)[0] == "fresh"
-    assert not run.metrics_path.exists() and not run.checkpoint_path("last").exists()
-    run.write_summary({"status": "failed", "error": "boom"})
-    assert plan_job(run, cfg)[0] == "fresh" and not run.summary_path.exists()
+    plan = plan_job(job, 1, other)
+    assert plan.action == "new" and plan.folder == tmp_path / "sweep" / "0-1" and plan.folder.is_dir()
+    assert snapshot(job) == before
+    assert plan_job(tmp_path / "sweep" / "7", 1, cfg).folder == job  # found by config, whatever its number
+    RunDir(job).write_summary({"status": "failed", "error": "boom"})  # the same config's failed attempt restarts
+    plan = plan_job(job, 1, cfg)
+    assert (plan.action, plan.folder) == ("restart", job) and not RunDir(job).holds_run()
+
+
+def test_rerunning_a_changed_sweep_keeps_every_finished_job(tmp_path, capsys, monkeypatch):
+    from dnnlab.cli import main
+
+    first = dnnlab("train", "-m", "optimizer=sgd,adam,nadam", *TINY, "hydra.sweep.dir=sw", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = {j.name: snapshot(j) for j in jobs(tmp_path / "sw")}
+    monkeypatch.chdir(tmp_path)  # the re-runs in-process: the same Hydra app, a few seconds cheaper
+    capsys.readouterr()
+    assert main(["train", "-m", "optimizer=adam,rmsprop", *TINY, "hydra.sweep.dir=sw"]) == 0
+    assert {j.name: snapshot(j) for j in jobs(tmp_path / "sw")} == kept  # nothing deleted, nothing mixed
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"sweep job {tmp_path / 'sw' / '0'} already completed in {tmp_path / 'sw' / '1'}: kept, skipped" in err
+    assert f"new run in {tmp_path / 'sw' / '1-1'} ({tmp_path / 'sw' / '1'} holds another config's run: kept)" in err
+    assert json.loads((tmp_path / "sw" / "1-1" / "summary.json").read_text())["status"] == "completed"
+    # A changed value (trainer.epochs) is another job too.
+    assert main(["train", "-m", "optimizer=sgd", *TINY[:-2], "trainer.epochs=1", "trainer.progress=false",
+                 "hydra.sweep.dir=sw"]) == 0
+    assert {j.name: snapshot(j) for j in jobs(tmp_path / "sw")} == kept
+    capsys.readouterr()
+    assert main(["report", "sw", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["run"] for r in rows) == ["0", "0-1", "1", "1-1", "2"]
+    assert sorted(r["optimizer"] for r in rows) == ["adam", "nadam", "rmsprop", "sgd", "sgd"]
 
 
 def test_thread_budget_rule(monkeypatch):
