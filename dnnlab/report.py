@@ -574,7 +574,27 @@ def best_trial(path: Path, runs: Sequence[Run]) -> dict[str, Any] | None:
 def best_trial_text(trial: dict[str, Any]) -> str:
     params = " ".join(f"{k}={v}" for k, v in trial["params"].items())
     where = f" — run {trial['run']}" if trial["run"] else ""
-    return f"best trial (Optuna): {trial['value']} with {params}{where}"
+    study = f" (trial {trial['number']} of {trial['trials']}, {trial['source']})" if "source" in trial else ""
+    return f"best trial (Optuna): {trial['value']} with {params}{where}{study}"
+
+
+def optuna_views(paths: Sequence[Path], runs: Sequence[Run], out: Path) -> tuple[list[dict[str, Any]], list[Path], list[str]]:
+    """For the Optuna sweeps among `paths`: each study's best trial, Optuna's own plots, and notes on
+    what could not be drawn (see dnnlab.report_optuna; optuna is imported only for such a sweep)."""
+    from dnnlab import report_optuna
+
+    trials, plots, notes = [], [], []
+    try:
+        found = report_optuna.searches(paths, runs)
+    except ImportError as error:
+        return [], [], [f"Optuna's views need the sweeps extra (pip install -e \".[sweeps]\"): {error}"]
+    for i, search in enumerate(found):
+        trial = report_optuna.best(search)
+        trials += [trial] if trial else []
+        written, missed = report_optuna.plots(search, out, suffix=f"_{i + 1}" if len(found) > 1 else "")
+        plots += written
+        notes += missed
+    return trials, plots, notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -723,9 +743,13 @@ def main(argv: list[str] | None = None) -> int:
         plots = [sweep_plot(runs, out, group=not args.no_group)]
         text = sweep_markdown(runs, rows, plots[0], args.sort)
         extra = settings_plots(runs, args.sort, out)
-        text += "".join(f"![{p.stem}]({p.name})\n" for p in extra)
+        searched, optuna_plots, notes = optuna_views(args.paths, runs, out)
+        extra += optuna_plots
+        text += "".join(f"![{p.stem}]({p.name})\n" for p in extra) + "".join(f"\n{n}\n" for n in notes)
         plots += extra
     trials = [t for t in (best_trial(p, runs) for p in args.paths) if t]
+    if not single and searched:  # the studies themselves know every trial, also other machines'
+        trials = searched
     text += "".join(f"\n## Best trial\n\n{best_trial_text(t)}\n" for t in trials)
     (out / "report.md").write_text(text)
     write_report_html(out, runs, rows, plots, args.sort, trials, single)
