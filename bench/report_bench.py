@@ -1,6 +1,7 @@
 """How long `dnnlab report` takes on a big sweep: N synthetic job folders (no training), one report.
 
     python bench/report_bench.py               # 50 jobs × 20 epochs, 4 settings × seeds; best of 3
+    python bench/report_bench.py --optuna      # the same as an Optuna sweep (study rebuilt, its two plots)
     python bench/report_bench.py --jobs 8 --repeats 1 --json out.json
 
 The folders look like a real sweep's (`metrics.jsonl` with per-layer diagnostics, `summary.json`,
@@ -44,8 +45,14 @@ def job_rows(rng: random.Random, epochs: int, lr: float, dropout: float) -> list
     return rows
 
 
-def make_sweep(root: Path, jobs: int = 50, epochs: int = 20, seeds: int = 2, extra: dict | None = None) -> Path:
-    """A sweep folder of `jobs` finished job folders 0…jobs-1; `extra` overrides are added to every job."""
+SPACE = {"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "regularization.dropout.rate": "interval(0.0, 0.5)"}
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def make_sweep(root: Path, jobs: int = 50, epochs: int = 20, seeds: int = 2, extra: dict | None = None,
+               optuna: bool = False, storage: str | None = None) -> Path:
+    """A sweep folder of `jobs` finished job folders 0…jobs-1; `extra` overrides are added to every job;
+    `optuna`: each job's .hydra/hydra.yaml records an Optuna sweeper over SPACE (with `storage`)."""
     rng = random.Random(0)
     grid = itertools.product(("sgd", "adam", "nadam"), (1e-4, 1e-3, 1e-2, 3e-2, 1e-1), (0.0, 0.2, 0.4), range(seeds))
     for job, (optimizer, lr, dropout, seed) in zip(range(jobs), itertools.cycle(grid)):
@@ -57,6 +64,10 @@ def make_sweep(root: Path, jobs: int = 50, epochs: int = 20, seeds: int = 2, ext
                      **(extra or {})}
         (run.path / ".hydra").mkdir()
         (run.path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"{k}={v}" for k, v in overrides.items()]))
+        if optuna:
+            sweeper = {"_target_": OPTUNA, "direction": "maximize", "study_name": "s", "storage": storage, "params": SPACE}
+            hydra = {"hydra": {"sweeper": sweeper, "runtime": {"cwd": str(root.parent)}}}
+            (run.path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
         run.write_summary({"status": "completed", "epochs": epochs, "test_acc": rows[-1]["val_acc"] - 0.01,
                            "test_loss": rows[-1]["val_loss"], "best_val_acc": max(r["val_acc"] for r in rows),
                            "final_val_acc": rows[-1]["val_acc"], "wall_s": 0.5 * epochs, "health": []})
@@ -77,16 +88,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--optuna", action="store_true", help="an Optuna sweep: also its study rebuilt, its plots")
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        sweep = make_sweep(Path(tmp) / "sweep", args.jobs, args.epochs)
+        sweep = make_sweep(Path(tmp) / "sweep", args.jobs, args.epochs, optuna=args.optuna)
         times = [time_report(sweep) for _ in range(args.repeats)]
         html_kb = (sweep / "report.html").stat().st_size / 1024
         plots = sorted(p.name for p in sweep.glob("*.png"))
-    result = {"jobs": args.jobs, "epochs": args.epochs, "report_s": min(times), "all_s": times,
+    result = {"jobs": args.jobs, "epochs": args.epochs, "optuna": args.optuna, "report_s": min(times), "all_s": times,
               "report_html_kb": round(html_kb, 1), "plots": plots}
-    print(f"dnnlab report, {args.jobs} jobs × {args.epochs} epochs: {min(times):.2f} s (best of {len(times)}), "
+    kind = "Optuna sweep" if args.optuna else "grid sweep"
+    print(f"dnnlab report, {kind} of {args.jobs} jobs × {args.epochs} epochs: {min(times):.2f} s (best of {len(times)}), "
           f"report.html {html_kb:.0f} KiB, plots: {', '.join(plots)}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

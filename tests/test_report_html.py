@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,15 @@ def test_report_html_in_a_real_browser(tmp_path, args, rows):
     assert found["ascending"] == sorted(found["ascending"]) and found["descending"] == sorted(found["ascending"], reverse=True)
     assert found["expanded"] == 2 if not args else "expanded" not in found
     assert len(found["images"]) == 3 and all(w > 0 for w in found["images"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [[], ["--optuna"]])
+def test_report_bench_runs_end_to_end(tmp_path, kind):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "report_bench.py"), "--jobs", "6", "--repeats", "1",
+                             "--json", str(out), *kind], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["report_s"] > 0 and data["report_html_kb"] > 0 and "val_curves.png" in data["plots"]
+    assert ("param_importances.png" in data["plots"]) == bool(kind)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dnnlab.cli import main as dnnlab
 from dnnlab.report import read_overrides, same_value
@@ -21,19 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("report_bench", ROOT / "bench" / "report_bench.py")
 report_bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report_bench)
-SPACE = {"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "regularization.dropout.rate": "interval(0.0, 0.5)"}
 TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=1", "trainer.diagnostics=false"]
 
 
 def optuna_sweep(root: Path, storage: str | None = None) -> Path:
-    """A synthetic sweep whose jobs recorded an Optuna sweeper (as hydra.yaml does) over SPACE."""
-    sweep = report_bench.make_sweep(root, jobs=12, epochs=3, seeds=1)
-    hydra = {"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
-                                   "direction": "maximize", "study_name": "s", "storage": storage, "params": SPACE},
-                       "runtime": {"cwd": str(root.parent)}}}
-    for job in sweep.iterdir():
-        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
-    return sweep
+    """A synthetic sweep whose jobs recorded an Optuna sweeper (as hydra.yaml does)."""
+    return report_bench.make_sweep(root, jobs=12, epochs=3, seeds=1, optuna=True, storage=storage)
 
 
 def test_an_optuna_sweep_without_storage_is_rebuilt_from_its_jobs(tmp_path, capsys):
