@@ -55,7 +55,8 @@ def storage_url(sweeper: DictConfig) -> str | None:
 
 def direction(sweeper: DictConfig) -> str:
     value = sweeper.get("direction", "minimize")
-    return str(value[0] if OmegaConf.is_list(value) else value).lower().replace("studydirection.", "")
+    value = value[0] if OmegaConf.is_list(value) else value
+    return str(getattr(value, "name", value)).lower()
 
 
 def load_stored(url: str, sweeper: DictConfig):

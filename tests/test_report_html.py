@@ -48,7 +48,17 @@ def test_sweep_html_is_self_contained_with_one_row_per_seed_group_and_every_plot
     assert len(embedded_images(page)) == len(pngs)
     assert "http://" not in page and "https://" not in page and "src=\"" not in page.replace('src="data:', "")
     assert page.count("<tbody>") == 6 and page.count('<tr class="member" hidden>') == 12  # 6 settings × 2 seeds
-    assert "Health" in page and "no problems found" in page
+    assert "Health" in page and "12 of 12 runs: no problems found" in page
+
+
+def test_sweep_html_shows_the_verdicts(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep")
+    metrics = sweep / "3" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().replace('"dead_frac/hidden1": 0.05', '"dead_frac/hidden1": 0.9'))
+    assert dnnlab(["report", str(sweep)]) == 0
+    page = (sweep / "report.html").read_text()
+    assert "<b>dying_relu</b>" in page and "11 of 12 runs: no problems found" in page
+    assert "<p>3</p><ul><li><b>dying_relu</b>" in page
 
 
 def test_no_group_html_has_one_row_per_job(tmp_path):
