@@ -9,7 +9,11 @@
   `.hydra/overrides.yaml`), best and final validation accuracy, test accuracy, epochs, wall time,
   status and verdicts, sorted by `--sort`; when `seed` is swept, runs that differ only by seed are
   grouped into mean ± std (sample std, n − 1); `val_curves.png` overlays every run's validation
-  curves. Files go to the sweep folder (or the common parent of several paths) unless `--out DIR`.
+  curves (a seed group as its mean and min–max band); `parallel_coordinates.png` and
+  `metric_vs_value.png` show which settings go with which result; an Optuna sweep adds its study's
+  best trial and views (dnnlab.report_optuna). Files go to the sweep folder (or the common parent of
+  several paths) unless `--out DIR`.
+- Both: `report.html`, the same report as one self-contained page (dnnlab.report_html).
 
 `--format md|csv|json` prints the table in that format to stdout instead of the rich table.
 """
@@ -713,11 +717,11 @@ def write_report_html(out: Path, runs: Sequence[Run], rows: list[dict[str, Any]]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dnnlab report", description="A run or sweep folder → table, report.md, PNG plots.")
+    p = argparse.ArgumentParser(prog="dnnlab report", description="A run or sweep folder → table, report.md, report.html, PNG plots.")
     p.add_argument("paths", nargs="+", type=Path, help="run folders and/or sweep folders (multirun/<date>/<time>)")
     p.add_argument("--sort", default="best_val_acc", choices=METRICS, help="metric to sort by (default best_val_acc)")
     p.add_argument("--format", choices=("md", "csv", "json"), help="print the table in this format to stdout")
-    p.add_argument("--out", type=Path, help="folder for report.md and the plots (default: the run or sweep folder)")
+    p.add_argument("--out", type=Path, help="folder for report.md, report.html and the plots (default: the run or sweep folder)")
     p.add_argument("--no-group", action="store_true", help="one row per seed even when seed is swept")
     return p
 
