@@ -16,7 +16,7 @@ from torch import nn
 
 from dnnlab import acceleration, schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
-from dnnlab.diagnostics import observer_hooks
+from dnnlab.diagnostics import logger_hooks, observer_hooks
 from dnnlab.hooks import Hook
 from dnnlab.models import check_self_normalizing
 from dnnlab.optim import build_optimizer
@@ -226,8 +226,9 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
     hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
-    hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts, logger: before RunFolderHook
+    hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts: before RunFolderHook
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
+    hooks.extend(logger_hooks(cfg, run))  # after it: the logger sees the finished summary
     hooks.extend(extra_hooks)
     return Trainer(
         model, data, optimizer, clipper, schedule, regularizers, hooks,

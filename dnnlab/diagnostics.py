@@ -190,7 +190,7 @@ class DiagnosticsHook(Hook):
 
 
 def observer_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
-    """Diagnostics (unless `trainer.diagnostics=false`), health verdicts and the `logger` option.
+    """Diagnostics (unless `trainer.diagnostics=false`) and health verdicts.
 
     They must come before the run folder's hook so that their keys are in the rows it writes.
     """
@@ -200,8 +200,17 @@ def observer_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
     if cfg.trainer.diagnostics:
         hooks.append(DiagnosticsHook(cfg.activation.family, seed=cfg.seed))
     hooks.append(HealthHook(run))
-    logger = cfg.get("logger")
-    if logger is not None and logger.get("_target_") is not None:
-        # Called outside instantiate so that its errors reach the user unwrapped.
-        hooks.append(instantiate(logger, _partial_=True)(run_dir=str(run.path)))
     return hooks
+
+
+def logger_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
+    """The `logger` option, given the run folder and the config.
+
+    After the run folder's hook: a logger sees every row's keys and the finished summary
+    (best_val_acc, final losses), e.g. for TensorBoard's HParams view.
+    """
+    logger = cfg.get("logger")
+    if logger is None or logger.get("_target_") is None:
+        return []
+    # Called outside instantiate so that its errors reach the user unwrapped.
+    return [instantiate(logger, _partial_=True)(run_dir=str(run.path), config=cfg)]

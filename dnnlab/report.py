@@ -9,7 +9,11 @@
   `.hydra/overrides.yaml`), best and final validation accuracy, test accuracy, epochs, wall time,
   status and verdicts, sorted by `--sort`; when `seed` is swept, runs that differ only by seed are
   grouped into mean ± std (sample std, n − 1); `val_curves.png` overlays every run's validation
-  curves. Files go to the sweep folder (or the common parent of several paths) unless `--out DIR`.
+  curves (a seed group as its mean and min–max band); `parallel_coordinates.png` and
+  `metric_vs_value.png` show which settings go with which result; an Optuna sweep adds its study's
+  best trial and views (dnnlab.report_optuna). Files go to the sweep folder (or the common parent of
+  several paths) unless `--out DIR`.
+- Both: `report.html`, the same report as one self-contained page (dnnlab.report_html).
 
 `--format md|csv|json` prints the table in that format to stdout instead of the rich table.
 """
@@ -159,13 +163,23 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
 
 
-def group_by_seed(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows equal in every column but `seed` → one row of mean and `<metric>_std`, with n."""
+def seed_key(row: dict[str, Any], columns: Sequence[str]) -> tuple:
+    """What a row's seed group is: its values in every varying column but `seed`."""
+    return tuple(row[c] for c in columns if c != "seed")
+
+
+def seed_groups(rows: list[dict[str, Any]], columns: Sequence[str]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows that differ only by seed, by `seed_key`, in first-seen order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[c] for c in columns if c != "seed"), []).append(row)
+        groups.setdefault(seed_key(row, columns), []).append(row)
+    return groups
+
+
+def group_by_seed(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows equal in every column but `seed` → one row of mean and `<metric>_std`, with n."""
     merged = []
-    for members in groups.values():
+    for members in seed_groups(rows, columns).values():
         row = {"run": ",".join(m["run"] for m in members), **{c: members[0][c] for c in columns if c != "seed"}}
         row["seed"] = ",".join(m["seed"] for m in members)
         row["n"] = len(members)
@@ -318,24 +332,186 @@ def run_plots(run: Run, out: Path) -> list[Path]:
     return plots
 
 
-def sweep_plot(runs: Sequence[Run], out: Path) -> Path:
-    """Validation loss and accuracy of every run, overlaid."""
+def sweep_plot(runs: Sequence[Run], out: Path, group: bool = True) -> Path:
+    """`val_curves.png`: see `sweep_figure`."""
+    return save(sweep_figure(runs, group), out / "val_curves.png")
+
+
+def sweep_figure(runs: Sequence[Run], group: bool = True):
+    """Validation loss and accuracy of every run, overlaid; runs that differ only by seed (when
+    `group`) as their group's mean with a min–max band, one colour per group."""
     from matplotlib.figure import Figure
 
     columns = varying_overrides(runs)
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for run in runs:
-        label = " ".join(f"{k}={run.overrides.get(k, '—')}" for k in columns) or run.name
-        loss_ax.plot(*series(run.rows, "val_loss"), label=label)
-        acc_ax.plot(*series(run.rows, "val_acc"), label=label)
+    if group and "seed" in columns:
+        groups = run_groups(runs, columns)
+        for i, members in enumerate(groups):
+            label = " ".join(f"{k}={members[0].overrides.get(k, '—')}" for k in columns if k != "seed")
+            color = group_colour(i, len(groups))
+            band(loss_ax, members, "val_loss", color, f"{label} (n={len(members)})")
+            band(acc_ax, members, "val_acc", color, f"{label} (n={len(members)})")
+        shown = len(groups)
+    else:
+        for run in runs:
+            label = " ".join(f"{k}={run.overrides.get(k, '—')}" for k in columns) or run.name
+            loss_ax.plot(*series(run.rows, "val_loss"), label=label)
+            acc_ax.plot(*series(run.rows, "val_acc"), label=label)
+        shown = len(runs)
     loss_ax.set(xlabel="epoch", ylabel="val_loss", title="validation loss")
     acc_ax.set(xlabel="epoch", ylabel="val_acc", title="validation accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
-    if len(runs) <= 20:
+    if shown <= 20:
         acc_ax.legend(fontsize="small")
-    return save(fig, out / "val_curves.png")
+    return fig
+
+
+def run_groups(runs: Sequence[Run], columns: Sequence[str]) -> list[list[Run]]:
+    """Runs that differ only by seed, grouped as the table groups them."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(seed_key({c: run.overrides.get(c, "") for c in columns}, columns), []).append(run)
+    return list(groups.values())
+
+
+def group_colour(i: int, n: int):
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if n <= 10 else "tab20"](i % 20)
+
+
+def band(ax, members: Sequence[Run], key: str, color, label: str) -> None:
+    """The members' mean of `key` per epoch as a line, their min–max as a shaded band."""
+    import numpy as np
+
+    by_epoch: dict[int, list[float]] = {}
+    for run in members:
+        for epoch, value in zip(*series(run.rows, key)):
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    values = [np.asarray(by_epoch[e], dtype=float) for e in epochs]
+    finite = [v[np.isfinite(v)] for v in values]
+    mean = [v.mean() if v.size else np.nan for v in finite]
+    low = [v.min() if v.size else np.nan for v in finite]
+    high = [v.max() if v.size else np.nan for v in finite]
+    ax.plot(epochs, mean, color=color, label=label)
+    ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which settings matter: parallel coordinates, metric against each numeric setting
+# ---------------------------------------------------------------------------------------------
+
+def setting_keys(runs: Sequence[Run]) -> list[str]:
+    """The swept keys that are settings (every varying override but `seed`)."""
+    return [k for k in varying_overrides(runs) if k != "seed"]
+
+
+def as_numbers(values: Sequence[Any]) -> list[float] | None:
+    """The values as floats when every one is a number, else None (a categorical key)."""
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def log_scaled(numbers: Sequence[float]) -> bool:
+    """Positive values spanning two decades or more (learning rates, weight decays) read best on a log axis."""
+    return min(numbers) > 0 and max(numbers) >= 100 * min(numbers)
+
+
+def axis_layout(values: Sequence[Any]) -> tuple[list[float], list[tuple[float, str]]]:
+    """Each value's position on a [0, 1] axis and the axis's (position, label) ticks.
+
+    Numbers map linearly (or by log10, see `log_scaled`); categories to evenly spaced positions."""
+    import numpy as np
+
+    numbers = as_numbers(values)
+    if numbers is None:
+        categories = sorted(set(map(str, values)))
+        spots = np.linspace(0, 1, len(categories)) if len(categories) > 1 else [0.5]
+        where = dict(zip(categories, spots))
+        return [float(where[str(v)]) for v in values], [(float(where[c]), c) for c in categories]
+    log = log_scaled(numbers)
+    scaled = np.log10(numbers) if log else np.asarray(numbers)
+    low, high = float(scaled.min()), float(scaled.max())
+    span = high - low
+
+    def place(x: float) -> float:
+        return 0.5 if span == 0 else (x - low) / span
+
+    ticks = np.linspace(low, high, 5 if span else 1)
+    return [place(x) for x in scaled], [(place(t), f"{10 ** t if log else t:.3g}") for t in ticks]
+
+
+def metric_colours(scores: Sequence[float], metric: str):
+    """A colour per score (viridis, yellow = better) and the mappable for the colour bar."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cmap = colormaps["viridis" if metric in HIGHER_IS_BETTER else "viridis_r"]
+    mappable = ScalarMappable(norm=Normalize(min(scores), max(scores)), cmap=cmap)
+    return [mappable.to_rgba(s) for s in scores], mappable
+
+
+def scored_runs(runs: Sequence[Run], metric: str) -> list[tuple[Run, float]]:
+    """(run, metric) for every run that has the metric, worst first (so the best lines are drawn on top)."""
+    scored = [(r, r.metric(metric)) for r in runs if r.metric(metric) is not None]
+    return sorted(scored, key=lambda pair: pair[1], reverse=metric not in HIGHER_IS_BETTER)
+
+
+def parallel_plot(runs: Sequence[Run], metric: str, out: Path) -> Path | None:
+    """One line per run across one axis per swept setting plus the metric, coloured by the metric."""
+    from matplotlib.figure import Figure
+
+    keys, scored = setting_keys(runs), scored_runs(runs, metric)
+    if not keys or len(scored) < 2:
+        return None
+    scores = [s for _, s in scored]
+    axes = [axis_layout([r.overrides.get(k, "") for r, _ in scored]) for k in keys] + [axis_layout(scores)]
+    colours, mappable = metric_colours(scores, metric)
+    fig = Figure(figsize=(max(6.0, 2.2 * len(axes)), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, colour in enumerate(colours):
+        ax.plot(range(len(axes)), [positions[i] for positions, _ in axes], color=colour, alpha=0.8, linewidth=1.2)
+    for x, (_, ticks) in enumerate(axes):
+        ax.axvline(x, color="0.4", linewidth=0.8)
+        for y, label in ticks:
+            ax.text(x, y, f" {label}", fontsize="x-small", va="center", ha="left")
+    ax.set_xticks(range(len(axes)), [*keys, metric])
+    ax.set_yticks([])
+    ax.set_xlim(-0.1, len(axes) - 0.6)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"which settings go with which {metric} ({len(scored)} runs)")
+    fig.colorbar(mappable, ax=ax, label=metric)
+    return save(fig, out / "parallel_coordinates.png")
+
+
+def value_plot(runs: Sequence[Run], metric: str, out: Path) -> Path | None:
+    """The metric against each numeric swept setting, one panel per setting."""
+    from matplotlib.figure import Figure
+
+    scored = scored_runs(runs, metric)
+    numeric = {k: xs for k in setting_keys(runs) if (xs := as_numbers([r.overrides.get(k) for r, _ in scored]))}
+    if not numeric or len(scored) < 2:
+        return None
+    scores = [s for _, s in scored]
+    colours, _ = metric_colours(scores, metric)
+    fig = Figure(figsize=(4 * len(numeric), 3.6), layout="constrained")
+    for ax, (key, xs) in zip(fig.subplots(1, len(numeric), squeeze=False)[0], numeric.items()):
+        ax.scatter(xs, scores, c=colours, edgecolors="0.3", linewidths=0.5)
+        ax.set(xlabel=key, ylabel=metric, xscale="log" if log_scaled(xs) else "linear")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{metric} against each numeric setting")
+    return save(fig, out / "metric_vs_value.png")
+
+
+def settings_plots(runs: Sequence[Run], metric: str, out: Path) -> list[Path]:
+    """The sweep's "which settings matter" pictures that its swept keys allow."""
+    return [p for p in (parallel_plot(runs, metric, out), value_plot(runs, metric, out)) if p]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +579,97 @@ def best_trial(path: Path, runs: Sequence[Run]) -> dict[str, Any] | None:
 def best_trial_text(trial: dict[str, Any]) -> str:
     params = " ".join(f"{k}={v}" for k, v in trial["params"].items())
     where = f" — run {trial['run']}" if trial["run"] else ""
-    return f"best trial (Optuna): {trial['value']} with {params}{where}"
+    study = f" (trial {trial['number']} of {trial['trials']}, {trial['source']})" if "source" in trial else ""
+    return f"best trial (Optuna): {trial['value']} with {params}{where}{study}"
+
+
+def optuna_views(paths: Sequence[Path], runs: Sequence[Run], out: Path) -> tuple[list[dict[str, Any]], list[Path], list[str]]:
+    """For the Optuna sweeps among `paths`: each study's best trial, Optuna's own plots, and notes on
+    what could not be drawn (see dnnlab.report_optuna; optuna is imported only for such a sweep)."""
+    from dnnlab import report_optuna
+
+    trials, plots, notes = [], [], []
+    try:
+        found = report_optuna.searches(paths, runs)
+    except ImportError as error:
+        return [], [], [f"Optuna's views need the sweeps extra (pip install -e \".[sweeps]\"): {error}"]
+    for i, search in enumerate(found):
+        trial = report_optuna.best(search)
+        trials += [trial] if trial else []
+        written, missed = report_optuna.plots(search, out, suffix=f"_{i + 1}" if len(found) > 1 else "")
+        plots += written
+        notes += missed
+    return trials, plots, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# report.html (dnnlab.report_html builds and escapes the page)
+# ---------------------------------------------------------------------------------------------
+
+def html_cells(row: dict[str, Any], columns: Sequence[str]) -> list:
+    from dnnlab.report_html import Cell
+
+    return [Cell(cell(row, c), row.get(c) if row.get(c) != "" else None) for c in columns]
+
+
+def html_table(rows: list[dict[str, Any]], runs: Sequence[Run]):
+    """The report's table; a seed group's row expands into its member jobs."""
+    from dnnlab.report_html import Row, Table
+
+    columns = display_columns(rows)
+    varying = varying_overrides(runs)
+    members = seed_groups([run_row(run, varying) for run in runs], varying) if any("n" in r for r in rows) else {}
+    return Table(columns, [
+        Row(html_cells(row, columns), [html_cells(m, columns) for m in members.get(seed_key(row, varying), [])])
+        for row in rows
+    ])
+
+
+def health_items(verdicts: list[dict[str, Any]]):
+    from dnnlab.report_html import Items, Paragraph
+
+    return Items([(v["verdict"], health.describe(v)) for v in verdicts]) if verdicts else Paragraph("No problems found.")
+
+
+def image_parts(plots: Sequence[Path]) -> list:
+    from dnnlab.report_html import Image
+
+    return [Image(p) for p in plots]
+
+
+def run_sections(run: Run, rows: list[dict[str, Any]], plots: list[Path]) -> list:
+    from dnnlab.report_html import Code, Paragraph, Section
+
+    config = run.path / ".hydra" / "config.yaml"
+    overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(none)"
+    return [
+        Section("Summary", [html_table(rows, [run])]),
+        Section("Health", [health_items(run.health)]),
+        Section("Plots", image_parts(plots)),
+        Section("Config", [Paragraph(f"Overrides: {overrides}"), *([Code(config.read_text())] if config.is_file() else [])]),
+    ]
+
+
+def sweep_sections(runs: Sequence[Run], rows: list[dict[str, Any]], plots: list[Path], sort: str, trials: list) -> list:
+    from dnnlab.report_html import Paragraph, Section
+
+    varying = varying_overrides(runs)
+    shared = {k: v for k, v in runs[0].overrides.items() if k not in varying and all(r.overrides.get(k) == v for r in runs)}
+    unit = "row per seed group (click ▸ for its jobs)" if any("n" in r for r in rows) else "row per run"
+    sections = [Section("Runs", [
+        Paragraph(f"Common overrides: {' '.join(f'{k}={v}' for k, v in shared.items()) or '(none)'}; "
+                  f"sorted by {sort}; one {unit}; click a column to sort."),
+        html_table(rows, runs),
+    ])]
+    if trials:
+        sections.append(Section("Best trial", [Paragraph(best_trial_text(t)) for t in trials]))
+    sections.append(Section("Plots", image_parts(plots)))
+    flagged = [r for r in runs if r.health]
+    sections.append(Section("Health", [
+        *(part for r in flagged for part in (Paragraph(r.name), health_items(r.health))),
+        Paragraph(f"{len(runs) - len(flagged)} of {len(runs)} runs: no problems found."),
+    ]))
+    return sections
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,12 +708,21 @@ def print_rich(renderable) -> None:
     console.print(renderable)
 
 
+def write_report_html(out: Path, runs: Sequence[Run], rows: list[dict[str, Any]], plots: list[Path], sort: str,
+                      trials: list, single: bool) -> Path:
+    from dnnlab.report_html import write_html
+
+    if single:
+        return write_html(out / "report.html", f"dnnlab report: {runs[0].path}", run_sections(runs[0], rows, plots))
+    return write_html(out / "report.html", f"dnnlab report: {len(runs)} runs", sweep_sections(runs, rows, plots, sort, trials))
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dnnlab report", description="A run or sweep folder → table, report.md, PNG plots.")
+    p = argparse.ArgumentParser(prog="dnnlab report", description="A run or sweep folder → table, report.md, report.html, PNG plots.")
     p.add_argument("paths", nargs="+", type=Path, help="run folders and/or sweep folders (multirun/<date>/<time>)")
     p.add_argument("--sort", default="best_val_acc", choices=METRICS, help="metric to sort by (default best_val_acc)")
     p.add_argument("--format", choices=("md", "csv", "json"), help="print the table in this format to stdout")
-    p.add_argument("--out", type=Path, help="folder for report.md and the plots (default: the run or sweep folder)")
+    p.add_argument("--out", type=Path, help="folder for report.md, report.html and the plots (default: the run or sweep folder)")
     p.add_argument("--no-group", action="store_true", help="one row per seed even when seed is swept")
     return p
 
@@ -470,11 +745,19 @@ def main(argv: list[str] | None = None) -> int:
         plots = run_plots(runs[0], out)
         text = run_markdown(runs[0], rows, plots)
     else:
-        plots = [sweep_plot(runs, out)]
+        plots = [sweep_plot(runs, out, group=not args.no_group)]
         text = sweep_markdown(runs, rows, plots[0], args.sort)
+        extra = settings_plots(runs, args.sort, out)
+        searched, optuna_plots, notes = optuna_views(args.paths, runs, out)
+        extra += optuna_plots
+        text += "".join(f"![{p.stem}]({p.name})\n" for p in extra) + "".join(f"\n{n}\n" for n in notes)
+        plots += extra
     trials = [t for t in (best_trial(p, runs) for p in args.paths) if t]
+    if not single and searched:  # the studies themselves know every trial, also other machines'
+        trials = searched
     text += "".join(f"\n## Best trial\n\n{best_trial_text(t)}\n" for t in trials)
     (out / "report.md").write_text(text)
+    write_report_html(out, runs, rows, plots, args.sort, trials, single)
     if single and args.format is None:
         from dnnlab.console import results_table
 
@@ -483,5 +766,5 @@ def main(argv: list[str] | None = None) -> int:
         render(rows, args.format, f"dnnlab report: {len(runs)} runs, sorted by {args.sort}")
     for trial in trials:
         status.print(best_trial_text(trial), markup=False, highlight=False)
-    status.print(f"wrote report.md and {len(plots)} plot(s) to {out}")
+    status.print(f"wrote report.md, report.html and {len(plots)} plot(s) to {out}")
     return 0

@@ -10,11 +10,13 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.rundir import RunDir
@@ -173,3 +175,33 @@ def clear_attempt(run: RunDir) -> None:
     for path in (run.metrics_path, run.summary_path):
         path.unlink(missing_ok=True)
     shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+
+
+class SharedStudy(Callback):
+    """Hydra callback (hydra.callbacks in config.yaml): before an Optuna sweep with a storage starts,
+    create its study once, so that several `dnnlab train -m` processes starting together on a fresh
+    database do not race: two processes creating Optuna's tables at the same moment fail with
+    "UNIQUE constraint failed: alembic_version" or "table alembic_version already exists"; the loser
+    simply retries, now that the tables exist."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.get("sweeper") or {}
+        if "optuna" in str(sweeper.get("_target_", "")).lower() and sweeper.get("storage"):
+            prepare_study(str(sweeper.storage), sweeper.get("study_name"), sweeper.get("direction", "minimize"))
+
+
+def prepare_study(storage: str, study_name: str | None, direction: Any, attempts: int = 5) -> None:
+    """optuna.create_study(load_if_exists=True), retrying the schema-creation race of concurrent starts."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    directions = list(direction) if OmegaConf.is_list(direction) else [direction]
+    for attempt in range(attempts):
+        try:
+            optuna.create_study(storage=storage, study_name=study_name, directions=[str(getattr(d, "name", d)) for d in directions],
+                                load_if_exists=True)
+            return
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
