@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from dnnlab import acceleration, schema, sweeps, transfer
+from dnnlab import acceleration, safe_config, schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import observer_hooks
 from dnnlab.hooks import Hook
@@ -66,14 +66,14 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
     the checkpoint) with `overrides` on top. Overrides may change values (trainer.epochs=40), not groups."""
     checkpoint = find_checkpoint(resume)
     folder = run_folder_of(checkpoint)
+    text = load_checkpoint(checkpoint).get("config")
+    if text:
+        cfg = safe_config.checked(text, f"the config inside {checkpoint}")
     if folder is not None and (folder / ".hydra" / "config.yaml").is_file():
-        cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    else:
-        text = load_checkpoint(checkpoint).get("config")
-        if not text:
-            raise CheckpointError(f"The checkpoint {checkpoint} holds no config and lies in no run folder, "
-                                  f"so resume= cannot know how it was trained.")
-        cfg = OmegaConf.create(text)
+        cfg = safe_config.load(folder / ".hydra" / "config.yaml")
+    elif not text:
+        raise CheckpointError(f"The checkpoint {checkpoint} holds no config and lies in no run folder, "
+                              f"so resume= cannot know how it was trained.")
     OmegaConf.set_struct(cfg, True)
     for override in schema.parse_overrides(overrides):
         apply_resume_override(cfg, override)

@@ -25,6 +25,10 @@ class RunFolderError(UserError):
     """`resume=` names no run, or another process is writing the run folder."""
 
 
+class UnsafeConfigError(UserError):
+    """A config read from disk names a callable or resolver outside dnnlab's allow-list (see safe_config)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM; a KeyboardInterrupt so that a sweep stops too.
 

@@ -39,6 +39,7 @@ class LoadedRun:
 
 def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
     """Rebuild RUN's model from RUN/.hydra/config.yaml and load RUN/checkpoints/<checkpoint>.pt."""
+    from dnnlab import safe_config
     from dnnlab.api import build_model, build_regularizers, pick_device, setup_errors
     from dnnlab.data import load_data
     from dnnlab.errors import CheckpointError, RunFolderError
@@ -51,7 +52,10 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto") ->
         if not needed.is_file():
             raise RunFolderError(f"{run} is not a finished dnnlab run folder: {needed} does not exist. "
                                  f"Give a run folder that `dnnlab train` wrote (e.g. outputs/2026-01-31/12-00-00).")
-    cfg = OmegaConf.load(config)
+    state = load_checkpoint(file)
+    cfg = safe_config.load(config)
+    if state.get("config"):
+        safe_config.checked(state["config"], f"the config inside {file}")
     with open_dict(cfg):  # the checkpoint has the final weights: no reuse or freezing to redo
         cfg.model.update(pretrained=None, freeze=0, unfreeze_at=None, unfrozen_lr_scale=1.0)
     with setup_errors():
@@ -59,7 +63,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto") ->
         task = build_task(cfg.model)
         data = task.prepare(load_data(cfg.data))
         model = build_model(cfg, data, build_regularizers(cfg))
-    state = load_checkpoint(file)["model"]
+    state = state["model"]
     problems = model_mismatch(model, state)
     if problems:
         raise CheckpointError(f"{file} does not fit the model its run's config builds: {'; '.join(problems)}.")
