@@ -51,8 +51,11 @@ def differences(recorded: DictConfig, other: DictConfig, other_name: str = "the 
 
 def check_resume_values(recorded: DictConfig, cfg: DictConfig, checkpoint: Path) -> None:
     """ConfigError when resume='s overrides change what the checkpoint's weights mean (its later
-    checkpoints and its earlier best.pt would then describe different models)."""
-    problems = differences(recorded, cfg, "the overrides")
+    checkpoints and its earlier best.pt would then describe different models).
+
+    `model.*` is left to the restore, which names the layers whose weights no longer fit.
+    """
+    problems = [p for p in differences(recorded, cfg, "the overrides") if not p.startswith("model.")]
     if problems:
         raise ConfigError(
             f"resume= continues the weights of {checkpoint} as the model and data they were trained as, so it cannot "
