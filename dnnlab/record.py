@@ -80,9 +80,9 @@ def run_config(folder_config: Path | None, state: dict[str, Any], checkpoint: Pa
     if problems:
         raise CheckpointError(
             f"The checkpoint {checkpoint} was trained with another model or data than {folder_config} describes: "
-            f"{'; '.join(problems)}. Its weights would be read as a different model's and give numbers of neither "
-            f"run, so dnnlab refuses. The checkpoint was probably copied in from another run: open the run folder it "
-            f"was trained in, or put this run's own checkpoints back."
+            f"{'; '.join(problems)}. One of the two was replaced (a checkpoint copied in from another run, or a "
+            f"config.yaml another process rewrote), and the numbers would be of neither run, so dnnlab refuses: open "
+            f"the run folder the checkpoint was trained in, or put the folder's own files back."
         )
     return own
 
