@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from dnnlab import acceleration, schema, sweeps, transfer
+from dnnlab import acceleration, record, schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import logger_hooks, observer_hooks
 from dnnlab.hooks import Hook
@@ -62,23 +62,20 @@ def resume_override(overrides: Sequence[str]) -> tuple[int, str] | None:
 
 
 def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config a resumed run continues with: the run's own (.hydra/config.yaml, else the one in
-    the checkpoint) with `overrides` on top. Overrides may change values (trainer.epochs=40), not groups."""
+    """The config a resumed run continues with: the checkpoint's own (checked against the run's
+    .hydra/config.yaml) with `overrides` on top. Overrides may change values (trainer.epochs=40), not groups."""
     checkpoint = find_checkpoint(resume)
     folder = run_folder_of(checkpoint)
-    if folder is not None and (folder / ".hydra" / "config.yaml").is_file():
-        cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    else:
-        text = load_checkpoint(checkpoint).get("config")
-        if not text:
-            raise CheckpointError(f"The checkpoint {checkpoint} holds no config and lies in no run folder, "
-                                  f"so resume= cannot know how it was trained.")
-        cfg = OmegaConf.create(text)
+    config = folder / ".hydra" / "config.yaml" if folder is not None else None
+    cfg = record.run_config(config if config is not None and config.is_file() else None,
+                            load_checkpoint(checkpoint), checkpoint)
+    recorded = cfg.copy()
     OmegaConf.set_struct(cfg, True)
     if OmegaConf.select(cfg, "trainer.overwrite"):
         cfg.trainer.overwrite = False  # it said how the run started; continuing it moves nothing aside
     for override in schema.parse_overrides(overrides):
         apply_resume_override(cfg, override)
+    record.check_resume_values(recorded, cfg, checkpoint)
     with open_dict(cfg):
         cfg.resume = str(resume)
     return cfg
@@ -216,7 +213,8 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     check_self_normalizing(cfg)
     device = pick_device(cfg.trainer.device)
     task = build_task(cfg.model)
-    data = task.prepare(data if data is not None else load_data(cfg.data)).to(device)
+    raw = data if data is not None else load_data(cfg.data)
+    data = task.prepare(raw).to(device)
     regularizers = build_regularizers(cfg)
     model = build_model(cfg, data, regularizers).to(device)
     fast = cfg.trainer
@@ -226,6 +224,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
     hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
+    hooks.append(record.DataFingerprint(raw, cfg.data.get("root")))  # in every checkpoint; checked on resume
     hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts: before RunFolderHook
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
     hooks.extend(logger_hooks(cfg, run))  # after it: the logger sees the finished summary

@@ -27,7 +27,7 @@ COMMANDS = {
     "export": "dnnlab.export:main",
 }
 
-USAGE = """usage: dnnlab [--debug] COMMAND [ARGS]
+USAGE = """usage: dnnlab [--debug] [--trust-config] COMMAND [ARGS]
 
 commands:
   train [OVERRIDES]        train one run; -m for a sweep (Hydra multirun); --help for the config
@@ -41,6 +41,8 @@ runs:
   Ctrl-C or SIGTERM stops at the last finished epoch (exit 130/143; a second one exits at once), and
   `dnnlab train resume=RUN [trainer.epochs=N]` continues it exactly, with the run's own config.
   A NaN/inf loss stops a run as `diverged`; --debug shows the traceback behind an error message.
+  A config read from a run folder or checkpoint may name only dnnlab's own options' callables;
+  --trust-config lifts that for a folder you wrote yourself.
 
 examples:
   dnnlab train
@@ -258,7 +260,11 @@ def report_error(error: BaseException, prefix: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    if "--trust-config" in argv:  # configs read from disk may name any callable (see dnnlab.safe_config)
+        from dnnlab.safe_config import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"
+    argv = [a for a in argv if a not in ("--debug", "--trust-config")]
     if debug:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's own errors with their full traceback too
     if not argv or argv[0] in ("-h", "--help", "help"):

@@ -551,12 +551,28 @@ def _ensure_files(name: str, folder: Path, md5s: Mapping[str, str], url: str,
                   download: bool) -> None:
     """Make sure every file in ``md5s`` exists in ``folder``, downloading the missing ones."""
     missing = [f for f in md5s if not _present(folder / f)]
+    for fname in md5s:
+        if fname not in missing and (folder / fname).is_file():
+            _check_published(folder / fname, md5s[fname])
     if not missing:
         return
     if not download:
         raise _missing_error(name, folder, ", ".join(md5s))
     for fname in missing:
         _download(url.rstrip("/") + "/" + fname, folder / fname, md5s[fname])
+
+
+def _check_published(path: Path, md5: str) -> None:
+    """Warn when a local file is not the published one (its MD5 differs).
+
+    A warning, not an error: a re-compressed copy of the same images has another MD5 too. What a
+    run was trained on is recorded as the loaded arrays' fingerprint, which eval and resume= check.
+    """
+    got = _md5(path)
+    if got != md5:
+        log.warning("%s is not the published file (MD5 %s, expected %s): if it holds other data, results will not "
+                    "compare with the data set's. Delete it and run with data.download=true for the original.",
+                    path, got, md5)
 
 
 def _present(path: Path) -> bool:
@@ -657,6 +673,8 @@ def load_cifar10(root: str, download: bool = True, url: str = CIFAR10_URL) -> Ar
                 raise _missing_error("cifar10", folder, f"{CIFAR10_ARCHIVE} or the extracted "
                                      f"{CIFAR10_DIR}/ ({', '.join(CIFAR10_BATCHES)})")
             _download(url.rstrip("/") + "/" + CIFAR10_ARCHIVE, archive, CIFAR10_MD5[CIFAR10_ARCHIVE])
+        else:
+            _check_published(archive, CIFAR10_MD5[CIFAR10_ARCHIVE])
         _extract_cifar(archive, folder)
     parts = [_read_cifar_batch(batches / b) for b in CIFAR10_BATCHES]
     x_tr = np.concatenate([p[0] for p in parts[:5]])

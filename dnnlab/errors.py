@@ -30,6 +30,10 @@ class RunFolderTaken(RunFolderError):
     the refused process wrote nothing there."""
 
 
+class UnsafeConfigError(UserError):
+    """A config read from disk names a callable or resolver outside dnnlab's allow-list (see safe_config)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM; a KeyboardInterrupt so that a sweep stops too.
 

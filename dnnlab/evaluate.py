@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from dnnlab.data import Splits
 from dnnlab.pretrain import Classification
 
+DATA_ROOT_HELP = "where the run's data set lies here, if not where it lay when training (its fingerprint must match)"
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -37,8 +38,10 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedRun:
-    """Rebuild RUN's model from RUN/.hydra/config.yaml and load RUN/checkpoints/<checkpoint>.pt."""
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", data_root: str | Path | None = None) -> LoadedRun:
+    """Rebuild RUN's model from its checkpoint's config (checked against RUN/.hydra/config.yaml) and load
+    RUN/checkpoints/<checkpoint>.pt; `data_root` replaces data.root (the data must still be the run's)."""
+    from dnnlab import record
     from dnnlab.api import build_model, build_regularizers, pick_device, setup_errors
     from dnnlab.data import load_data
     from dnnlab.errors import CheckpointError, RunFolderError
@@ -51,15 +54,20 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto") ->
         if not needed.is_file():
             raise RunFolderError(f"{run} is not a finished dnnlab run folder: {needed} does not exist. "
                                  f"Give a run folder that `dnnlab train` wrote (e.g. outputs/2026-01-31/12-00-00).")
-    cfg = OmegaConf.load(config)
+    state = load_checkpoint(file)
+    cfg = record.run_config(config, state, file)  # the values as trained, `${oc.env:…}` included
     with open_dict(cfg):  # the checkpoint has the final weights: no reuse or freezing to redo
         cfg.model.update(pretrained=None, freeze=0, unfreeze_at=None, unfrozen_lr_scale=1.0)
+        if data_root is not None:
+            cfg.data.root = str(data_root)
     with setup_errors():
         target = pick_device(device)
         task = build_task(cfg.model)
-        data = task.prepare(load_data(cfg.data))
+        raw = load_data(cfg.data)
+        record.check_data(record.recorded_data(state), record.data_record(raw), cfg.data.get("root"), str(file))
+        data = task.prepare(raw)
         model = build_model(cfg, data, build_regularizers(cfg))
-    state = load_checkpoint(file)["model"]
+    state = state["model"]
     problems = model_mismatch(model, state)
     if problems:
         raise CheckpointError(f"{file} does not fit the model its run's config builds: {'; '.join(problems)}.")
@@ -179,8 +187,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of MC dropout's masks (default 0)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
     args = parser.parse_args(argv)
-    loaded = load_run(args.run, args.checkpoint, args.device)
+    loaded = load_run(args.run, args.checkpoint, args.device, args.data_root)
     result = evaluate(loaded, args.mc_dropout, args.seed)
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
     atomic_write(loaded.path / "eval.json", lambda f: f.write(text), mode="w")

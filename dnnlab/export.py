@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnnlab.evaluate import DROPOUTS, LoadedRun, load_run, outputs, scores
+from dnnlab.evaluate import DATA_ROOT_HELP, DROPOUTS, LoadedRun, load_run, outputs, scores
 
 TOLERANCE = 1e-5
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -230,8 +230,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=positive, default=100, help="timed forward passes per latency (default 100)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--data-root", metavar="DIR", help=DATA_ROOT_HELP)
     args = parser.parse_args(argv)
-    loaded = load_run(args.run, args.checkpoint, args.device)
+    loaded = load_run(args.run, args.checkpoint, args.device, args.data_root)
     result = export(loaded, args.fold_bn, args.precision, args.repeats)
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
     atomic_write(loaded.path / "export.json", lambda f: f.write(text), mode="w")

@@ -95,9 +95,12 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | 
     not fit are named on the terminal (a warning), with the reused ones.
     """
     from dnnlab.rundir import load_checkpoint
+    from dnnlab.safe_config import checked
 
     file = checkpoint_file(pretrained)
     checkpoint = load_checkpoint(file)
+    if checkpoint.get("config"):
+        checked(checkpoint["config"], f"the config inside {file}")  # same_labels reads it
     source, own = checkpoint["model"], model.state_dict()
     output = blocks(model)[-1]
     new_output = cfg is not None and not same_labels(cfg, checkpoint.get("config"))
