@@ -55,7 +55,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto") ->
     with open_dict(cfg):  # the checkpoint has the final weights: no reuse or freezing to redo
         cfg.model.update(pretrained=None, freeze=0, unfreeze_at=None, unfrozen_lr_scale=1.0)
     with setup_errors():
-        target = pick_device(device)
+        target = pick_device(device, option="--device ")
         task = build_task(cfg.model)
         data = task.prepare(load_data(cfg.data))
         model = build_model(cfg, data, build_regularizers(cfg))

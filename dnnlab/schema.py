@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import ConfigError, did_you_mean
+from dnnlab.hooks import EPOCH_METRICS
 
 HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
@@ -82,6 +83,9 @@ TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 POSITIVE = number(0, low_open=True)
 NON_NEGATIVE = number(0)
 FRACTION = number(0, 1, high_open=True)  # probabilities of dropping, momentum coefficients
+# A per-layer metric (a '/' in it) depends on the model: the hook that watches it checks it.
+METRIC = Rule(lambda v: isinstance(v, str) and (v in EPOCH_METRICS or "/" in v),
+              "a metric of metrics.jsonl: " + ", ".join(EPOCH_METRICS) + " (or a per-layer one, e.g. grad_norm/hidden1)")
 
 # config key (fnmatch pattern over the dotted path) → rule. Keys a config does not have are skipped.
 # torch.compile's modes (`trainer.compile`); here so validation need not import torch.
@@ -95,7 +99,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": integer(1),
     "trainer.device": Rule(lambda v: v in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", str(v))),
                            "auto, cpu, cuda or cuda:N"),
-    "trainer.monitor": TEXT,
+    "trainer.monitor": METRIC,
     "trainer.monitor_mode": choice("min", "max"),
     "trainer.progress": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
@@ -128,7 +132,7 @@ RULES: dict[str, Rule] = {
     "regularization.l1.weight": NON_NEGATIVE,
     "regularization.l2.weight": NON_NEGATIVE,
     "regularization.max_norm.r": POSITIVE,
-    "regularization.early_stopping.monitor": TEXT,
+    "regularization.early_stopping.monitor": METRIC,
     "regularization.early_stopping.mode": choice("min", "max"),
     "regularization.early_stopping.patience": integer(1),
     "regularization.early_stopping.min_delta": NON_NEGATIVE,
