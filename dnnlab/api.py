@@ -33,12 +33,14 @@ from dnnlab.trainer import Trainer
 log = logging.getLogger("dnnlab")
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `dnnlab train OVERRIDES` would run (Hydra's compose API); ConfigError names a bad override.
+def compose(overrides: Sequence[str] = (), config_dir: str | None = None, with_hydra: bool = False) -> DictConfig:
+    """The config `dnnlab train [--config-dir DIR] OVERRIDES` would run (Hydra's compose API); ConfigError names
+    a bad override or config file. `with_hydra` keeps Hydra's own node (`hydra.run.dir`, …).
 
     With `resume=RUN` it is the run's own config with the other overrides on top (see `resume_config`).
     """
-    from hydra import compose as hydra_compose, initialize_config_module
+    import yaml
+    from hydra import compose as hydra_compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
@@ -47,11 +49,13 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     if resume is not None:
         return resume_config(resume[1], [o for i, o in enumerate(overrides) if i != resume[0]])
     GlobalHydra.instance().clear()
-    with initialize_config_module("dnnlab.conf", version_base="1.3"):
+    with schema.config_search(config_dir):
         try:
-            return hydra_compose("config", overrides=overrides)
+            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
         except HydraException as error:
             raise schema.config_error(error, overrides) from error
+        except yaml.YAMLError as error:  # a config file (a --config-dir one) that does not parse
+            raise schema.yaml_error(error) from error
 
 
 def resume_override(overrides: Sequence[str]) -> tuple[int, str] | None:
@@ -280,10 +284,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             if state is not None:
                 restore(trainer, state, checkpoint)
             # Everything fits: from here on the run folder changes.
-            run.save_config(cfg, overwrite=checkpoint is not None)
-            if state is not None:
+            if state is not None:  # metrics first: a damaged metrics.jsonl stops the resume before the config changes
                 run.keep_metrics_through(trainer.epoch)
                 log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)
+            run.save_config(cfg, overwrite=checkpoint is not None)
             log.info("run folder %s", run.path)
             summary = trainer.fit()
             if summary["status"] == "interrupted":

@@ -170,6 +170,7 @@ def positive(text: str) -> int:
 
 def main(argv: list[str]) -> int:
     from dnnlab.console import console
+    from dnnlab.errors import writing
     from dnnlab.rundir import atomic_write
 
     parser = argparse.ArgumentParser(prog="dnnlab eval", description=__doc__.split("\n\n")[0])
@@ -183,6 +184,7 @@ def main(argv: list[str]) -> int:
     loaded = load_run(args.run, args.checkpoint, args.device)
     result = evaluate(loaded, args.mc_dropout, args.seed)
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
-    atomic_write(loaded.path / "eval.json", lambda f: f.write(text), mode="w")
-    console.print(table(result))
+    console.print(table(result))  # first: a folder that cannot be written must not cost the computed result
+    with writing(loaded.path / "eval.json", after="The result is printed above, not saved."):
+        atomic_write(loaded.path / "eval.json", lambda f: f.write(text), mode="w")
     return 0

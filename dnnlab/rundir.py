@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import CheckpointError, ConfigError, RunFolderError
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, writing
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -29,20 +29,24 @@ RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks"
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write via `write(file)` to a temp file beside `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write via `write(file)` to a temp file beside `path`, fsync it, then rename it over `path`.
+
+    A full or read-only disk is a StorageError naming `path`.
+    """
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, mode) as f:
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -90,7 +94,7 @@ class RunDir:
         return self.path / "checkpoints" / f"{name}.pt"
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -101,9 +105,13 @@ class RunDir:
         for i, line in enumerate(lines):
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as error:
                 if i < len(lines) - 1:
-                    raise
+                    raise RunFolderError(
+                        f"{self.metrics_path} is damaged: its row {i + 1} of {len(lines)} is not JSON ({error.msg}: "
+                        f"{line[:60]!r}). dnnlab writes whole rows, so another program changed the file; restore it, "
+                        f"or delete that row to keep the others."
+                    ) from None
                 # The last row, cut short by a writer killed mid-append: its epoch was never checkpointed.
         return rows
 
@@ -118,8 +126,18 @@ class RunDir:
         atomic_write(self.summary_path, lambda f: json.dump(clean, f, indent=2), mode="w")
 
     def read_summary(self) -> dict[str, Any]:
-        with open(self.summary_path) as f:
-            return json.load(f)
+        try:
+            with open(self.summary_path) as f:
+                summary = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            summary = error
+        if not isinstance(summary, dict):
+            raise RunFolderError(
+                f"{self.summary_path} is not a dnnlab summary (a JSON object): "
+                f"{' '.join(str(summary).split())[:80]}. dnnlab writes it atomically, so another program changed it; "
+                f"delete it (the report then works from metrics.jsonl) or restore it."
+            )
+        return summary
 
     def save_config(self, cfg: DictConfig, overwrite: bool = False) -> None:
         """Write the resolved config unless Hydra already did (`overwrite`: a resumed run's new config)."""
@@ -128,7 +146,10 @@ class RunDir:
             atomic_write(self.config_path, lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
+        keeps = (f"A checkpoint is replaced only once whole, so {self.path} keeps the last complete one, if any: "
+                 f"free space, then continue with dnnlab train resume={self.path}.")
+        with writing(self.checkpoint_path(name), after=keeps):
+            atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
 
     def copy_checkpoint(self, source: str, target: str) -> None:
         """Make `target` hold what `source` holds now, atomically: a hard link, no second serialization.
@@ -156,9 +177,13 @@ class RunDir:
         """
         from filelock import FileLock, Timeout
 
+        if (self.path / LOCK_NAME).is_symlink():  # a lock that points elsewhere could make dnnlab create or truncate any file
+            raise RunFolderError(f"{self.path / LOCK_NAME} is a symbolic link; dnnlab does not follow it. "
+                                 f"Delete it (no dnnlab process leaves a link there) and run again.")
         lock = FileLock(self.path / LOCK_NAME, timeout=0)
         try:
-            lock.acquire()
+            with writing(self.path / LOCK_NAME):
+                lock.acquire()
         except Timeout:
             raise RunFolderError(
                 f"The run folder {self.path} is in use by another dnnlab process (it holds {self.path / LOCK_NAME}). "

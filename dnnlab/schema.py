@@ -8,11 +8,13 @@ Keys without a rule are left to the code that uses them (the data loaders valida
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -151,6 +153,8 @@ RULES: dict[str, Rule] = {
     "schedule.T_max": optional(integer(1)),
     "schedule.boundaries": list_of(integer(0), example="[10, 15]"),
     "schedule.factors": list_of(POSITIVE, example="[1.0, 0.5, 0.1]"),
+    "data.root": Rule(lambda v: not Path(str(v)).expanduser().is_file(),
+                      "a folder (data sets are read from and downloaded to data.root/<name>/), not a file"),
 }
 
 
@@ -202,17 +206,89 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
     parser = OverridesParser.create()
     parsed = []
-    for line in overrides:
+    for i, line in enumerate(overrides):
         try:
             parsed.append(parser.parse_override(line))
         except HydraException as error:
             first = str(error).splitlines()[0]
             raise ConfigError(
-                f"Cannot read the override {line!r} ({first}). Overrides look like key=value "
+                f"Cannot read the override {line!r} ({first}). {_quoting_hint(line, overrides[i - 1] if i else '')}"
+                f"Overrides look like key=value "
                 f"(trainer.epochs=5), group=option (optimizer=adam), a list (regularization=[l2,dropout]) "
                 f"or, with -m, a sweep (optimizer=adam,sgd); see {HYDRA_GRAMMAR}"
             ) from None
     return parsed
+
+
+def _quoting_hint(line: str, previous: str) -> str:
+    """How to quote what the shell split (a path with a space) or Hydra cannot read unquoted (non-ASCII)."""
+    if "=" not in line and "=" in previous:
+        return (f"If it is the rest of {previous!r}, a value with a space that the shell split in two, quote the whole "
+                f"override: '{previous} {line}'. ")
+    key, eq, value = line.partition("=")
+    if eq and not value.startswith(("'", '"')) and not value.isascii():
+        return f"Hydra reads non-ASCII characters only in a quoted value: '{key}=\"{value}\"'. "
+    return ""
+
+
+@contextlib.contextmanager
+def config_search(config_dir: str | None = None) -> Iterator[None]:
+    """Hydra initialized over dnnlab's configs and, like Hydra's --config-dir, the user's folder after them."""
+    from hydra import initialize_config_module, version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    if config_dir is None:
+        with initialize_config_module("dnnlab.conf", version_base="1.3"):
+            yield
+        return
+    folder = Path(config_dir).expanduser().absolute()
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir {config_dir} is not a folder ({folder} {'is a file' if folder.exists() else 'does not exist'}). "
+                          f"Give the folder that holds your config groups (e.g. configs/ with configs/experiment/NAME.yaml).")
+    version.setbase("1.3")
+    search = create_config_search_path("pkg://dnnlab.conf")  # the same path Hydra builds for --config-dir
+    search.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    Hydra.create_main_hydra2(task_name="dnnlab", config_search_path=search)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def yaml_error(error: Exception) -> ConfigError:
+    """A config file that is not YAML: the file, line and column, and what the parser expected."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if mark is None:
+        return ConfigError(f"A config file is not valid YAML: {' '.join(str(error).split())}.")
+    began = f"{context} that begins at line {start.line + 1}, column {start.column + 1}: " if context and start else ""
+    return ConfigError(f"{mark.name} is not valid YAML: {began}{problem} (line {mark.line + 1}, column {mark.column + 1}). "
+                       f"Fix the file (often a missing ']', '}}' or ':', or a tab used to indent).")
+
+
+def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str | None = None) -> None:
+    """ConfigError for a key a config file (e.g. a --config-dir experiment) adds at the top level or under
+    `trainer`, where dnnlab reads only its own keys: a misspelling would otherwise be silently ignored."""
+    from dnnlab.catalog import CONF, groups
+
+    base = OmegaConf.load(CONF / "config.yaml")
+    own_groups = [p.name for p in Path(config_dir).expanduser().iterdir() if p.is_dir()] if config_dir else []
+    known = {"": {*map(str, base), *groups(), *own_groups, "hydra"}, "trainer": set(map(str, base.trainer))}
+    added = {o.key_or_group for o in parse_overrides(overrides) if o.is_add() or o.is_force_add()}
+    problems = []
+    for parent, keys in known.items():
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        for key in map(str, node or {}):
+            full = f"{parent}.{key}" if parent else key
+            if key not in keys and full not in added:
+                problems.append(f"{full} is not a config key.{did_you_mean(key, keys, prefix=parent)} Valid keys "
+                                f"{'under ' + parent if parent else 'at the top level'}: {', '.join(sorted(keys - {'hydra'}))}")
+    if problems:
+        raise ConfigError(f"A config file sets a key that nothing reads: {'; '.join(problems)}. "
+                          f"Fix the key in your config file (`dnnlab train --cfg job` shows the whole config).")
 
 
 def hydra_session() -> Any:

@@ -6,7 +6,9 @@ A case is (argv, words, setup): `{run}` in argv is a copy of a finished 2-epoch 
 folder (also the working directory); `setup(tmp, run, monkeypatch)` prepares the fault (a bad file, a full disk)."""
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import json
 import os
 import shutil
@@ -31,31 +33,70 @@ def finished(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------------ faults
-def fail_writes(code: int, where: str = "") -> Callable:
-    """A setup that makes every file write under `where` (a folder name in the path; '' = anywhere) fail with `code`."""
+def read_only(where: str = "{run}") -> Callable:
+    """A setup under which the folder `where` (and everything in it) cannot be written: EROFS, as on a read-only mount."""
 
     def setup(tmp: Path, run: Path, monkeypatch) -> None:
-        real_open = os.open
+        folder = where.format(run=run, tmp=tmp)
+        real_open, real_builtin, real_access = os.open, builtins.open, os.access
 
-        def refusing(path, flags, *args, **kwargs):
-            writes = flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-            if writes and where in str(path) and not str(path).endswith(".lock"):
-                raise OSError(code, os.strerror(code), str(path))
+        def refuse(path) -> None:
+            if str(Path(path).absolute()).startswith(folder):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                refuse(path)
             return real_open(path, flags, *args, **kwargs)
 
-        monkeypatch.setattr(os, "open", refusing)
-        import builtins
-        import io
-
-        real_builtin = builtins.open
-
-        def refusing_builtin(file, mode="r", *args, **kwargs):
-            if any(c in mode for c in "wax+") and where in str(file) and isinstance(file, (str, os.PathLike)):
-                raise OSError(code, os.strerror(code), str(file))
+        def builtin_open(file, mode="r", *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
+                refuse(file)
             return real_builtin(file, mode, *args, **kwargs)
 
-        monkeypatch.setattr(builtins, "open", refusing_builtin)
-        monkeypatch.setattr(io, "open", refusing_builtin)
+        def access(path, mode, *args, **kwargs):
+            return not (mode & os.W_OK and str(Path(path).absolute()).startswith(folder)) and real_access(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", builtin_open)
+        monkeypatch.setattr(io, "open", builtin_open)
+        monkeypatch.setattr(os, "access", access)
+
+    return setup
+
+
+def disk_full_after(size: int) -> Callable:
+    """A setup under which a binary file (a checkpoint) fills the disk after `size` bytes: ENOSPC mid-write,
+    which torch.save reports as `unexpected pos …`."""
+
+    def setup(tmp: Path, run: Path, monkeypatch) -> None:
+        real_fdopen = os.fdopen
+
+        class Full(io.RawIOBase):
+            def __init__(self, f):
+                self.f, self.n = f, 0
+
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data) -> int:
+                self.n += len(data)
+                if self.n > size:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return self.f.write(data)
+
+            def fileno(self) -> int:
+                return self.f.fileno()
+
+            def close(self) -> None:
+                self.f.close()
+                super().close()
+
+        def fdopen(fd, mode="r", *args, **kwargs):
+            f = real_fdopen(fd, mode, *args, **kwargs)
+            return Full(f) if "b" in mode and "w" in mode else f
+
+        monkeypatch.setattr(os, "fdopen", fdopen)
 
     return setup
 
@@ -69,45 +110,143 @@ def write(name: str, text: str) -> Callable:
     return setup
 
 
-def nothing_to_set_up(tmp: Path, run: Path, monkeypatch) -> None:
-    pass
+def damage_row(number: int) -> Callable:
+    """A setup that replaces row `number` (1-based) of the run's metrics.jsonl with text that is not JSON."""
+
+    def setup(tmp: Path, run: Path, monkeypatch) -> None:
+        rows = (run / "metrics.jsonl").read_text().splitlines()
+        rows[number - 1] = rows[number - 1][:20]
+        (run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+    return setup
 
 
+def lock_link(tmp: Path, run: Path, monkeypatch) -> None:
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").symlink_to(tmp / "elsewhere")
+
+
+def config_dir(files: dict[str, str]) -> Callable:
+    """A setup that writes a --config-dir folder `{tmp}/configs` with `files` (relative path → text)."""
+
+    def setup(tmp: Path, run: Path, monkeypatch) -> None:
+        for name, text in files.items():
+            (tmp / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "configs" / name).write_text(text)
+
+    return setup
+
+
+def case(name: str, argv: list[str], words: list[str], setup: Callable | None = None, code: int = 2,
+         writes: bool = False, out: tuple[str, ...] = ()):
+    """One bad input: `writes` when the fault comes mid-run (a full disk) and the folder may say `failed`;
+    `out`: words that must be on stdout (a result printed although it could not be saved)."""
+    return pytest.param(argv, words, setup or (lambda *a: None), code, writes, out, id=name)
+
+
+RUN = ["resume={run}", "trainer.epochs=3"]
 CASES = [
     # ---- 14: found only after training started, now before anything is written
-    pytest.param(["train", *FAST, "regularization=[early_stopping]", "regularization.early_stopping.monitor=val_los"],
-                 ["regularization.early_stopping.monitor='val_los' is not valid", "val_loss", "train_acc"],
-                 nothing_to_set_up, id="14-early-stopping-monitor"),
-    pytest.param(["train", *FAST, "trainer.monitor=val_los"],
-                 ["trainer.monitor='val_los' is not valid", "val_loss, val_acc"], nothing_to_set_up, id="14-trainer-monitor"),
-    pytest.param(["train", *FAST, "normalization=batchnorm", "trainer.batch_size=13"],
-                 ["Batch norm", "batch of 1 sample", "300 = 23 × 13 + 1", "trainer.batch_size=12 or 14"],
-                 nothing_to_set_up, id="14-batchnorm-last-batch-of-1"),
+    case("14-early-stopping-monitor",
+         ["train", *FAST, "regularization=[early_stopping]", "regularization.early_stopping.monitor=val_los"],
+         ["regularization.early_stopping.monitor='val_los' is not valid", "val_loss", "train_acc"]),
+    case("14-trainer-monitor", ["train", *FAST, "trainer.monitor=val_los"], ["trainer.monitor='val_los' is not valid", "val_loss, val_acc"]),
+    case("14-batchnorm-last-batch-of-1", ["train", *FAST, "normalization=batchnorm", "trainer.batch_size=13"],
+         ["Batch norm", "batch of 1 sample", "300 = 23 × 13 + 1", "trainer.batch_size=12 or 14"]),
+    # ---- 15: tracebacks where a sentence belongs
+    case("15-disk-full-checkpoint", ["train", *FAST, "hydra.run.dir=full"],
+         ["Cannot write", "checkpoints/last.pt", "no space left on device", "Free space there"], disk_full_after(2000), writes=True),
+    case("15-read-only-train", ["train", *FAST], ["Cannot make the run folder", "is not writable", "hydra.run.dir="],
+         read_only("{tmp}")),
+    case("15-read-only-resume", ["train", *RUN], ["Cannot write", ".lock", "read-only"], read_only()),
+    case("15-read-only-eval", ["eval", "{run}"], ["Cannot write", "eval.json", "read-only", "printed above, not saved"],
+         read_only(), out=("deterministic", "acc")),
+    case("15-read-only-export", ["export", "{run}", "--fold-bn", "--repeats", "1"], ["Cannot write", "read-only"], read_only()),
+    case("15-read-only-report", ["report", "{run}"], ["Cannot write", "read-only"], read_only()),
+    case("15-data-root-is-a-file", ["train", *FAST, "data.root={run}/summary.json"],
+         ["data.root=", "summary.json' is not valid", "a folder", "not a file"]),
+    case("15-lock-symlink", ["train", *RUN], [".lock is a symbolic link", "does not follow it"], lock_link),
+    case("15-metrics-bad-middle-line-report", ["report", "{run}"], ["metrics.jsonl is damaged", "row 1 of 2", "not JSON"],
+         damage_row(1)),
+    case("15-metrics-bad-middle-line-resume", ["train", *RUN], ["metrics.jsonl is damaged", "row 1 of 2"], damage_row(1)),
+    case("15-garbage-summary-report", ["report", "{run}"], ["summary.json is not a dnnlab summary"], write("summary.json", "{oops")),
+    case("15-empty-metrics-report", ["report", "{run}"], [], write("metrics.jsonl", ""), code=0,
+         out=("no_epochs", "records no epoch")),
+    case("15-config-dir-yaml-error", ["train", "--config-dir", "configs", *FAST, "experiment=mine"],
+         ["experiment/mine.yaml is not valid YAML", "flow sequence that begins at line 3, column 11", "expected ',' or ']'"],
+         config_dir({"experiment/mine.yaml": "# @package _global_\ntrainer:\n  epochs: [3\n"})),
+    case("15-config-dir-misspelt-key", ["train", "--config-dir", "configs", *FAST, "experiment=mine"],
+         ["trainer.epoch is not a config key", "Did you mean trainer.epochs?"],
+         config_dir({"experiment/mine.yaml": "# @package _global_\ntrainer:\n  epoch: 3\n"})),
+    case("15-config-dir-value", ["train", "--config-dir", "configs", *FAST, "experiment=mine"],
+         ["optimizer.lr=-1 is not valid"], config_dir({"experiment/mine.yaml": "# @package _global_\noptimizer:\n  lr: -1\n"})),
+    case("15-config-dir-missing", ["train", "--config-dir", "nowhere", *FAST], ["--config-dir nowhere is not a folder"]),
+    case("15-run-dir-unknown-interpolation", ["train", *FAST, "hydra.run.dir=out/${{x}}"],
+         ["hydra.run.dir='out/${x}' does not resolve", "Interpolation key 'x' not found"]),
+    case("15-run-dir-under-a-file", ["train", *FAST, "hydra.run.dir={run}/summary.json/x"], ["summary.json is a file"]),
+    case("15-path-with-a-space", ["train", *FAST, "data.root=/tmp/my", "data"],
+         ["Cannot read the override 'data'", "quote the whole override: 'data.root=/tmp/my data'"]),
+    case("15-path-non-ascii", ["train", *FAST, "data.root=/tmp/données"],
+         ["non-ASCII", "\'data.root=\"/tmp/données\"\'"]),
+    # ---- 16: lr-find gets train's checks
+    case("16-lr-find-width-0", [*LR, "model.width=0"], ["model.width=0 is not valid", "an integer ≥ 1"]),
+    case("16-lr-find-batch-size-0", [*LR, "trainer.batch_size=0"], ["trainer.batch_size=0 is not valid"]),
+    case("16-lr-find-resume", [*LR, "resume={run}"], ["lr-find does not continue a run", "Drop resume="]),
+    case("16-lr-find-misspelt-key", [*LR, "trainer.epoch=3"], ["trainer.epoch is not a config key", "Did you mean trainer.epochs?"]),
+    case("16-lr-find-misspelt-option", [*LR, "optimizer=adamm"], ["optimizer=adamm is not an option", "Did you mean adam?"]),
+    case("16-lr-find-bad-setting", [*LR, "lr_find.factor=0.5"], ["lr_find.factor=0.5 is not valid"]),
+    case("16-lr-find-batchnorm-last-batch-of-1", [*LR, "normalization=batchnorm", "trainer.batch_size=13"],
+         ["Batch norm", "trainer.batch_size=12 or 14"]),
+    case("16-lr-find-missing-data", [*LR, "data=mnist", "data.download=false", "data.root={tmp}/nodata"],
+         ["Data set 'mnist' not found"]),
     # ---- 17: eval/export name their own flag
-    pytest.param(["eval", "{run}", "--device", "tpu"], ["--device 'tpu' is not valid", "auto, cpu, cuda"],
-                 nothing_to_set_up, id="17-eval-device"),
-    pytest.param(["eval", "{run}", "--device", "cuda:7"], ["--device cuda:7 but", "--device cpu"],
-                 nothing_to_set_up, id="17-eval-device-absent-gpu"),
-    pytest.param(["export", "{run}", "--device", "tpu"], ["--device 'tpu' is not valid"], nothing_to_set_up,
-                 id="17-export-device"),
+    case("17-eval-device", ["eval", "{run}", "--device", "tpu"], ["--device 'tpu' is not valid", "auto, cpu, cuda"]),
+    case("17-eval-device-absent-gpu", ["eval", "{run}", "--device", "cuda:7"], ["--device cuda:7 but", "--device cpu"]),
+    case("17-export-device", ["export", "{run}", "--device", "tpu"], ["--device 'tpu' is not valid"]),
 ]
 
 
-@pytest.mark.parametrize("argv, words, setup", CASES)
-def test_one_clear_paragraph(argv, words, setup, finished, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("argv, words, setup, code, writes, out", CASES)
+def test_one_clear_paragraph(argv, words, setup, code, writes, out, finished, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     monkeypatch.chdir(tmp_path)
     setup(tmp_path, run, monkeypatch)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    code = main([a.format(run=run, tmp=tmp_path) for a in argv])
-    err = capsys.readouterr().err
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
+    got = main([a.format(run=run, tmp=tmp_path) for a in argv])
+    captured = capsys.readouterr()
     monkeypatch.undo()
-    assert "Traceback" not in err
-    paragraph = " ".join(err.split())
-    assert code == 2, paragraph
-    assert paragraph.count("dnnlab: error:") == 1 and paragraph.startswith("dnnlab: error:"), paragraph
+    assert "Traceback" not in captured.err
+    err = " ".join(captured.err.split())
+    paragraph = err[err.find("dnnlab: error:"):] if code else err  # the last thing printed
+    assert got == code, err
+    if code:
+        assert err.count("dnnlab: error:") == 1, err
     for word in words:
         assert word in paragraph
-    if argv[0] in ("train", "lr-find"):
-        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no outputs/, no stray .hydra/
+    for word in out:  # eval's result, printed although it could not be saved
+        assert word in " ".join((captured.out + captured.err[:captured.err.find("dnnlab: error:")]).split())
+    if not writes and (argv[0] in ("train", "lr-find")):  # refused before anything was written: no outputs/, no .hydra/
+        after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
+        assert after == before
+
+
+def test_lr_find_warns_when_the_loss_is_lowest_at_the_first_rate(tmp_path, monkeypatch, capsys):
+    """A range that starts too high: the suggestion comes with a warning on the terminal and in lr_find.json."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*LR, "lr_find.start_lr=5", "lr_find.end_lr=1000", "hydra.run.dir=found"]) == 0
+    captured = capsys.readouterr()
+    shown = " ".join((captured.out + captured.err).split())
+    saved = json.loads((tmp_path / "found" / "lr_find.json").read_text())
+    assert "lowest at the first rate tried" in saved["warning"] and "lr_find.start_lr=" in saved["warning"]
+    assert "warning: the loss was lowest at the first rate tried" in shown
+
+
+def test_no_packaged_experiment_sets_a_key_that_nothing_reads():
+    """The misspelt-key check of config files (item 15) must not refuse dnnlab's own presets."""
+    from dnnlab.catalog import options
+    from dnnlab.schema import check_file_keys
+
+    for name in options("experiment"):
+        check_file_keys(compose([f"experiment={name}"]), [f"experiment={name}"])
+    check_file_keys(compose(["+lr_find=default", "+tag=mine"]), ["+lr_find=default", "+tag=mine"])  # added on purpose
