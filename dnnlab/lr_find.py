@@ -159,9 +159,12 @@ def main(argv: list[str]) -> int:
     from dnnlab.errors import is_user_error
     from dnnlab.rundir import remove_stray
 
-    # The lr_find group holds the test's own settings; overrides like lr_find.steps=100 refine it.
-    argv = ["+lr_find=default", *argv]
+    # The lr_find group holds the test's own settings; overrides like lr_find.steps=100 refine it. It goes
+    # among the overrides (argparse takes them in one run, Hydra's flags before or after them).
     args = get_args_parser().parse_args(argv)
+    at = argv.index(args.overrides[0]) if args.overrides else len(argv)
+    argv = [*argv[:at], "+lr_find=default", *argv[at:]]
+    args.overrides.insert(0, "+lr_find=default")
     if not special_flags(args):
         if resume_override(args.overrides):
             raise ConfigError("dnnlab lr-find does not continue a run: it trains a fresh copy of the configured model "

@@ -129,15 +129,15 @@ class RunDir:
         try:
             with open(self.summary_path) as f:
                 summary = json.load(f)
+            if isinstance(summary, dict):
+                return summary
+            problem = f"it holds a JSON {type(summary).__name__}"
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            summary = error
-        if not isinstance(summary, dict):
-            raise RunFolderError(
-                f"{self.summary_path} is not a dnnlab summary (a JSON object): "
-                f"{' '.join(str(summary).split())[:80]}. dnnlab writes it atomically, so another program changed it; "
-                f"delete it (the report then works from metrics.jsonl) or restore it."
-            )
-        return summary
+            problem = " ".join(str(error).split())[:80]
+        raise RunFolderError(
+            f"{self.summary_path} is not a dnnlab summary (a JSON object): {problem}. dnnlab writes it atomically, so "
+            f"another program changed it; delete it (the report then works from metrics.jsonl) or restore it."
+        )
 
     def save_config(self, cfg: DictConfig, overwrite: bool = False) -> None:
         """Write the resolved config unless Hydra already did (`overwrite`: a resumed run's new config)."""

@@ -170,6 +170,12 @@ CASES = [
          damage_row(1)),
     case("15-metrics-bad-middle-line-resume", ["train", *RUN], ["metrics.jsonl is damaged", "row 1 of 2"], damage_row(1)),
     case("15-garbage-summary-report", ["report", "{run}"], ["summary.json is not a dnnlab summary"], write("summary.json", "{oops")),
+    case("15-summary-not-an-object-report", ["report", "{run}"], ["summary.json is not a dnnlab summary", "a JSON list"],
+         write("summary.json", "[1, 2]")),
+    case("15-read-only-sweep", ["train", "-m", *FAST, "seed=0,1"], ["Cannot make the run folder", "hydra.sweep.dir="],
+         read_only("{tmp}")),
+    case("15-sweep-dir-unknown-interpolation", ["train", "-m", *FAST, "seed=0,1", "hydra.sweep.dir=m/${{nope}}"],
+         ["hydra.sweep.dir='m/${nope}' does not resolve"]),
     case("15-empty-metrics-report", ["report", "{run}"], [], write("metrics.jsonl", ""), code=0,
          out=("no_epochs", "records no epoch")),
     case("15-config-dir-yaml-error", ["train", "--config-dir", "configs", *FAST, "experiment=mine"],
@@ -197,6 +203,9 @@ CASES = [
     case("16-lr-find-bad-setting", [*LR, "lr_find.factor=0.5"], ["lr_find.factor=0.5 is not valid"]),
     case("16-lr-find-batchnorm-last-batch-of-1", [*LR, "normalization=batchnorm", "trainer.batch_size=13"],
          ["Batch norm", "trainer.batch_size=12 or 14"]),
+    case("16-lr-find-config-dir-misspelt-key", ["lr-find", "--config-dir", "configs", *FAST[:-1], "experiment=mine"],
+         ["trainer.epoch is not a config key"], config_dir({"experiment/mine.yaml": "# @package _global_\ntrainer:\n  epoch: 3\n"})),
+    case("16-lr-find-run-dir-unknown-interpolation", [*LR, "hydra.run.dir=out/${{x}}"], ["hydra.run.dir='out/${x}' does not resolve"]),
     case("16-lr-find-missing-data", [*LR, "data=mnist", "data.download=false", "data.root={tmp}/nodata"],
          ["Data set 'mnist' not found"]),
     # ---- 17: eval/export name their own flag
@@ -250,3 +259,11 @@ def test_no_packaged_experiment_sets_a_key_that_nothing_reads():
     for name in options("experiment"):
         check_file_keys(compose([f"experiment={name}"]), [f"experiment={name}"])
     check_file_keys(compose(["+lr_find=default", "+tag=mine"]), ["+lr_find=default", "+tag=mine"])  # added on purpose
+
+
+def test_lr_find_takes_hydra_flags_before_the_overrides(tmp_path, monkeypatch, capsys):
+    """`+lr_find=default` goes among the overrides: `lr-find --cfg job KEY=VALUE` is no argparse error."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["lr-find", "--cfg", "job", "data.limit=300", "lr_find.steps=7"]) == 0
+    assert "steps: 7" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
