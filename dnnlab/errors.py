@@ -58,10 +58,12 @@ def storage_error(error: BaseException, target: object = None, after: str = "") 
     if cause is None:
         return None
     what, fix = STORAGE_ERRNOS[cause.errno]
+    # Without a `target` the error was met somewhere (cli.main): a permission error may have been a read.
+    verb = "write" if target is not None or cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
     target = target if target is not None else cause.filename or "a file"
     # The file that failed when it is not `target` or its temp file beside it (e.g. a folder above it).
     where = f" ({cause.filename})" if cause.filename and Path(cause.filename).parent != Path(str(target)).parent else ""
-    return StorageError(f"Cannot write {target}{where}: {what}. {fix[0].upper()}{fix[1:]}.{' ' + after if after else ''}")
+    return StorageError(f"Cannot {verb} {target}{where}: {what}. {fix[0].upper()}{fix[1:]}.{' ' + after if after else ''}")
 
 
 @contextlib.contextmanager
