@@ -86,6 +86,7 @@ POSITIVE = number(0, low_open=True)
 NON_NEGATIVE = number(0)
 FRACTION = number(0, 1, high_open=True)  # probabilities of dropping, momentum coefficients
 # A per-layer metric (a '/' in it) depends on the model: the hook that watches it checks it.
+MONITORS = ("trainer.monitor", "regularization.early_stopping.monitor")
 METRIC = Rule(lambda v: isinstance(v, str) and (v in EPOCH_METRICS or "/" in v),
               "a metric of metrics.jsonl: " + ", ".join(EPOCH_METRICS) + " (or a per-layer one, e.g. grad_norm/hidden1)")
 
@@ -101,7 +102,6 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": integer(1),
     "trainer.device": Rule(lambda v: v in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", str(v))),
                            "auto, cpu, cuda or cuda:N"),
-    "trainer.monitor": METRIC,
     "trainer.monitor_mode": choice("min", "max"),
     "trainer.progress": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
@@ -134,7 +134,6 @@ RULES: dict[str, Rule] = {
     "regularization.l1.weight": NON_NEGATIVE,
     "regularization.l2.weight": NON_NEGATIVE,
     "regularization.max_norm.r": POSITIVE,
-    "regularization.early_stopping.monitor": METRIC,
     "regularization.early_stopping.mode": choice("min", "max"),
     "regularization.early_stopping.patience": integer(1),
     "regularization.early_stopping.min_delta": NON_NEGATIVE,
@@ -153,6 +152,7 @@ RULES: dict[str, Rule] = {
     "schedule.T_max": optional(integer(1)),
     "schedule.boundaries": list_of(integer(0), example="[10, 15]"),
     "schedule.factors": list_of(POSITIVE, example="[1.0, 0.5, 0.1]"),
+    **dict.fromkeys(MONITORS, METRIC),
     "data.root": Rule(lambda v: not Path(str(v)).expanduser().is_file(),
                       "a folder (data sets are read from and downloaded to data.root/<name>/), not a file"),
 }
@@ -187,7 +187,12 @@ def validate(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation that does not resolve, e.g. ${optimizer.lrr}
         raise ConfigError(f"The config does not resolve: {' '.join(str(error).split())}") from error
-    problems = [p for key, value in flatten(plain).items() if (p := problem(key, value))]
+    flat = flatten(plain)
+    problems = [p for key, value in flat.items() if (p := problem(key, value))]
+    if flat.get("trainer.diagnostics") is False:  # per-layer metrics come from the diagnostics hook alone
+        problems += [f"{key}={flat[key]!r} is a per-layer diagnostic, which trainer.diagnostics=false does not log: "
+                     f"set trainer.diagnostics=true or watch one of {', '.join(EPOCH_METRICS)}"
+                     for key in MONITORS if "/" in str(flat.get(key, ""))]
     if problems:
         raise ConfigError(_join(problems))
 

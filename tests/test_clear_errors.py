@@ -151,6 +151,8 @@ CASES = [
          ["train", *FAST, "regularization=[early_stopping]", "regularization.early_stopping.monitor=val_los"],
          ["regularization.early_stopping.monitor='val_los' is not valid", "val_loss", "train_acc"]),
     case("14-trainer-monitor", ["train", *FAST, "trainer.monitor=val_los"], ["trainer.monitor='val_los' is not valid", "val_loss, val_acc"]),
+    case("14-per-layer-monitor-without-diagnostics", ["train", *FAST, "trainer.monitor=grad_norm/hidden1"],
+         ["trainer.monitor='grad_norm/hidden1' is a per-layer diagnostic", "trainer.diagnostics=true"]),
     case("14-batchnorm-last-batch-of-1", ["train", *FAST, "normalization=batchnorm", "trainer.batch_size=13"],
          ["Batch norm", "batch of 1 sample", "300 = 23 × 13 + 1", "trainer.batch_size=12 or 14"]),
     # ---- 15: tracebacks where a sentence belongs
