@@ -100,15 +100,15 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.metrics_path.read_text().splitlines(), 1) if line.strip()]
         rows = []
-        for i, line in enumerate(lines):
+        for i, (number, line) in enumerate(lines):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
                 if i < len(lines) - 1:
                     raise RunFolderError(
-                        f"{self.metrics_path} is damaged: its row {i + 1} of {len(lines)} is not JSON ({error.msg}: "
+                        f"{self.metrics_path} is damaged: its line {number} is not JSON ({error.msg}: "
                         f"{line[:60]!r}). dnnlab writes whole rows, so another program changed the file; restore it, "
                         f"or delete that row to keep the others."
                     ) from None
