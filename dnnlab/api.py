@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,12 +33,14 @@ from dnnlab.trainer import Trainer
 log = logging.getLogger("dnnlab")
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config `dnnlab train OVERRIDES` would run (Hydra's compose API); ConfigError names a bad override.
+def compose(overrides: Sequence[str] = (), config_dir: str | None = None, with_hydra: bool = False) -> DictConfig:
+    """The config `dnnlab train [--config-dir DIR] OVERRIDES` would run (Hydra's compose API); ConfigError names
+    a bad override or config file. `with_hydra` keeps Hydra's own node (`hydra.run.dir`, …).
 
     With `resume=RUN` it is the run's own config with the other overrides on top (see `resume_config`).
     """
-    from hydra import compose as hydra_compose, initialize_config_module
+    import yaml
+    from hydra import compose as hydra_compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
@@ -46,11 +49,13 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     if resume is not None:
         return resume_config(resume[1], [o for i, o in enumerate(overrides) if i != resume[0]])
     GlobalHydra.instance().clear()
-    with initialize_config_module("dnnlab.conf", version_base="1.3"):
+    with schema.config_search(config_dir):
         try:
-            return hydra_compose("config", overrides=overrides)
+            return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
         except HydraException as error:
             raise schema.config_error(error, overrides) from error
+        except yaml.YAMLError as error:  # a config file (a --config-dir one) that does not parse
+            raise schema.yaml_error(error) from error
 
 
 def resume_override(overrides: Sequence[str]) -> tuple[int, str] | None:
@@ -109,14 +114,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU."""
+def pick_device(name: str, option: str = "trainer.device=") -> torch.device:
+    """`auto` is CUDA when present, else CPU; errors name the setting as `option` (`--device ` for eval/export)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"trainer.device={name!r} is not valid; use auto, cpu or cuda")
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise ValueError(f"{option}{name!r} is not valid; use auto, cpu, cuda or cuda:N")
+    index = int(name.partition(":")[2] or 0)
+    if name.startswith("cuda") and index >= torch.cuda.device_count():
+        raise ValueError(f"{option}{name} but this machine shows {torch.cuda.device_count()} CUDA GPU(s); "
+                         f"use {option}auto or {option}cpu")
     return torch.device(name)
 
 
@@ -207,6 +214,24 @@ def check_schedule_length(trainer: Trainer, saved: dict[str, Any]) -> None:
             )
 
 
+def check_last_batch(model: nn.Module, n: int, batch_size: int) -> None:
+    """ConfigError when batch norm over vectors would see a training batch of one sample (it cannot normalize it).
+
+    Refused rather than dropped: dropping it would train fewer samples than the config and the record say.
+    """
+    norm = next((name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm1d)), None)
+    if norm is None or n % batch_size != 1:
+        return
+    sizes = sorted((b for b in range(2, min(n, 2 * batch_size) + 1) if n % b != 1), key=lambda b: (abs(b - batch_size), b))
+    split = f"{n} = {n // batch_size} × {batch_size} + 1" if n > 1 else "it holds 1 sample"
+    fix = f"Use trainer.batch_size={' or '.join(map(str, sorted(sizes[:2])))}" if sizes else "Use more training data"
+    raise ConfigError(
+        f"Batch norm ({norm}) cannot train on a batch of 1 sample, and trainer.batch_size={batch_size} leaves a last "
+        f"training batch of 1 ({split} training samples). {fix}, so that no batch holds a single sample "
+        f"(or change data.limit / data.val_fraction)."
+    )
+
+
 def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = (), data: Splits | None = None) -> Trainer:
     """Everything `train` builds, wired together but not yet run; `data` replaces cfg.data's (benchmarks)."""
     seed_everything(cfg.seed)
@@ -220,6 +245,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     fast = cfg.trainer
     capturable = fast.cuda_graph and not acceleration.graph_blocker(device, acceleration.compile_mode(fast.compile))
     optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model), capturable=capturable)
+    check_last_batch(model, len(data.train_y), cfg.trainer.batch_size)
     steps_per_epoch = -(-len(data.train_y) // cfg.trainer.batch_size)
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
@@ -275,12 +301,12 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
             if state is not None:
                 restore(trainer, state, checkpoint)
             # Everything fits: from here on the run folder changes.
+            if state is not None:  # metrics first: a damaged metrics.jsonl stops the resume before the config changes
+                run.keep_metrics_through(trainer.epoch)
+                log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)
             run.save_config(cfg, overwrite=True)
             if state is None and hydra_cfg is not None:
                 run.save_launch(hydra_cfg)
-            if state is not None:
-                run.keep_metrics_through(trainer.epoch)
-                log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)
             log.info("run folder %s", run.path)
             summary = trainer.fit()
             if summary["status"] == "interrupted":

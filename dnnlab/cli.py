@@ -199,8 +199,11 @@ def sweep_exit_code() -> int:
     return 1 if failed or _refused else 0
 
 
-def preflight(args: Any) -> None:
-    """Compose and validate before Hydra makes folders: a bad option, key or value fails here, clearly."""
+def preflight(args: Any) -> Any:
+    """Compose and validate before Hydra makes folders: a bad option, key, value, config file or output folder
+    fails here, clearly. Returns the composed config (None when only Hydra's app can read the overrides)."""
+    from omegaconf import open_dict
+
     from dnnlab import schema
     from dnnlab.api import compose, resume_override
     from dnnlab.errors import UserError
@@ -212,13 +215,54 @@ def preflight(args: Any) -> None:
             overrides = schema.first_job(overrides)
             if resume_override(overrides):  # jobs continue runs: Hydra's settings are not part of their config
                 overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-        cfg = compose(overrides)
+        resuming = resume_override(overrides) is not None  # each job continues a run with the run's own config
+        cfg = compose(overrides, config_dir=args.config_dir, with_hydra=not resuming)
     except UserError:
         raise
     except Exception:
-        return  # something only Hydra's app understands (a plugin's sweep syntax): Hydra reports it
+        return None  # something only Hydra's app understands (a plugin's sweep syntax): Hydra reports it
+    if not resuming:
+        if args.cfg is None:  # --cfg only prints: it makes no folder
+            check_output_dir(cfg, args.multirun)
+        with open_dict(cfg):
+            del cfg["hydra"]
     if args.cfg is None:
         schema.validate(cfg)
+        if not resuming:
+            schema.check_file_keys(cfg, overrides, args.config_dir)
+    return cfg
+
+
+def check_output_dir(cfg: Any, multirun: bool) -> None:
+    """The folder Hydra will make (hydra.run.dir, or hydra.sweep.dir with -m) resolves and can be made and written."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from dnnlab.errors import ConfigError, StorageError
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    raw = OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"]
+    try:
+        folder = Path(str(OmegaConf.select(cfg, key))).expanduser().absolute()
+    except InterpolationResolutionError as error:
+        if "'hydra." in str(error):
+            return  # a value Hydra sets when the job starts (hydra.job.num, …)
+        raise ConfigError(
+            f"{key}={raw!r} does not resolve ({str(error).splitlines()[0]}). A folder may use config keys "
+            f"(${{optimizer.lr}}), Hydra's values (${{now:%Y-%m-%d}}, ${{hydra.job.override_dirname}}) or plain text."
+        ) from None
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise StorageError(f"{key}={folder} cannot be made: {existing} is a file. Give another folder ({key}=…).")
+    if not os.access(existing, os.W_OK):
+        raise StorageError(f"Cannot make the run folder {folder}: {existing} is not writable (a read-only file system "
+                           f"or not yours). Run from a writable folder, or set {key}=A_WRITABLE_FOLDER.")
+
+
+def special_flags(args: Any) -> bool:
+    """Hydra flags that print or replace the config instead of running it (--help, --info, --config-name, …)."""
+    return bool(args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
+                or args.config_path or args.config_name)
 
 
 def train_main(argv: list[str]) -> int:
@@ -229,9 +273,7 @@ def train_main(argv: list[str]) -> int:
     from dnnlab.api import compose, resume_override, train
 
     args = get_args_parser().parse_args(argv)
-    special = (args.help or args.hydra_help or args.info or args.shell_completion or args.experimental_rerun
-               or args.config_path or args.config_name or args.config_dir)
-    if not special:
+    if not special_flags(args):
         if not args.multirun and args.cfg in (None, "job") and resume_override(args.overrides):
             # The run's own config, not the defaults; no Hydra app, whose fresh output folder would stay empty.
             cfg = compose(args.overrides)
@@ -283,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             print("dnnlab: interrupted.", file=sys.stderr)
         return getattr(stop, "exit_code", 130)
     except Exception as error:
-        from dnnlab.errors import is_user_error
+        from dnnlab.errors import is_user_error, storage_error
 
+        if not is_user_error(error):  # a full or read-only disk, wherever it was met, is a paragraph too
+            error = storage_error(error) or error
         if debug or os.environ.get("HYDRA_FULL_ERROR") == "1" or not is_user_error(error):
             raise
         report_error(error)

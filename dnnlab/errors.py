@@ -2,9 +2,12 @@
 one paragraph on stderr, no traceback, a non-zero exit code (`--debug` shows the traceback)."""
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import signal
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Iterator
 
 
 class UserError(Exception):
@@ -32,6 +35,60 @@ class RunFolderTaken(RunFolderError):
 
 class UnsafeConfigError(UserError):
     """A config read from disk names a callable or resolver outside dnnlab's allow-list (see safe_config)."""
+
+
+class StorageError(UserError):
+    """A file dnnlab must write cannot be written: no space left, a read-only folder, no permission."""
+
+
+# errno → (what happened, what to do): the OS errors that are the machine's state, not a bug.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: ("no space left on device", "free space there or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there or write elsewhere"),
+    errno.EROFS: ("the file system is read-only", "give a writable folder or make this one writable"),
+    errno.EACCES: ("permission denied", "give a writable folder or make this one writable"),
+    errno.EPERM: ("operation not permitted", "give a writable folder or make this one writable"),
+}
+
+
+def storage_cause(error: BaseException) -> OSError | None:
+    """The OSError of a full or read-only disk behind `error` (torch.save hides it behind `unexpected pos …`)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_error(error: BaseException, target: object = None, after: str = "") -> StorageError | None:
+    """A StorageError naming the file when `error` comes from a full or read-only disk, else None."""
+    cause = storage_cause(error)
+    if cause is None:
+        return None
+    what, fix = STORAGE_ERRNOS[cause.errno]
+    # Without a `target` the error was met somewhere (cli.main): a permission error may have been a read.
+    verb = "write" if target is not None or cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "use"
+    target = target if target is not None else cause.filename or "a file"
+    # The file that failed when it is not `target` or its temp file beside it (e.g. a folder above it).
+    where = f" ({cause.filename})" if cause.filename and Path(cause.filename).parent != Path(str(target)).parent else ""
+    return StorageError(f"Cannot {verb} {target}{where}: {what}. {fix[0].upper()}{fix[1:]}.{' ' + after if after else ''}")
+
+
+@contextlib.contextmanager
+def writing(target: object, after: str = "") -> Iterator[None]:
+    """Raise a full or read-only disk met while writing `target` as a StorageError naming it."""
+    try:
+        yield
+    except StorageError as error:
+        if not after:
+            raise
+        raise StorageError(f"{error} {after}") from error
+    except Exception as error:
+        storage = storage_error(error, target, after)
+        if storage is None:
+            raise
+        raise storage from error
 
 
 class Interrupted(KeyboardInterrupt):

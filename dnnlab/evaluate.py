@@ -61,7 +61,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", da
         if data_root is not None:
             cfg.data.root = str(data_root)
     with setup_errors():
-        target = pick_device(device)
+        target = pick_device(device, option="--device ")
         task = build_task(cfg.model)
         raw = load_data(cfg.data)
         record.check_data(record.recorded_data(state), record.data_record(raw), cfg.data.get("root"), str(file))
@@ -178,6 +178,7 @@ def positive(text: str) -> int:
 
 def main(argv: list[str]) -> int:
     from dnnlab.console import console
+    from dnnlab.errors import writing
     from dnnlab.rundir import atomic_write
 
     parser = argparse.ArgumentParser(prog="dnnlab eval", description=__doc__.split("\n\n")[0])
@@ -192,6 +193,7 @@ def main(argv: list[str]) -> int:
     loaded = load_run(args.run, args.checkpoint, args.device, args.data_root)
     result = evaluate(loaded, args.mc_dropout, args.seed)
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
-    atomic_write(loaded.path / "eval.json", lambda f: f.write(text), mode="w")
-    console.print(table(result))
+    console.print(table(result))  # first: a folder that cannot be written must not cost the computed result
+    with writing(loaded.path / "eval.json", after="The result is printed above, not saved."):
+        atomic_write(loaded.path / "eval.json", lambda f: f.write(text), mode="w")
     return 0

@@ -214,6 +214,9 @@ def non_finite_optimized_loss(rows: list[Row]) -> list[Verdict]:
 def verdicts(rows: Iterable[Row], status: str | None = None, chance: float | None = None) -> list[Verdict]:
     """Every verdict the metrics rows (the run's status, its chance accuracy) support, in a fixed order."""
     rows = [row for row in rows if "epoch" in row]
+    if not rows:  # "no problems found" would claim a judgement that nothing supports
+        return [verdict("no_epochs", None, None, "metrics.jsonl records no epoch, so there is nothing to judge "
+                        "(the run stopped before its first epoch ended, or the file was emptied)")]
     return [
         *gradient_flow(rows),
         *unit_health(rows, "dead_frac", DEAD_FRAC, "dying_relu", "output 0 on every probe sample"),

@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dnnlab.trainer import Trainer
 
+# The keys of every epoch's metrics row, in order: what `trainer.monitor` and early stopping may watch.
+# Hooks may add more (diagnostics: grad_norm/<layer>, …). Torch-free, so config validation can read it.
+EPOCH_METRICS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "samples_per_s")
+
 
 class Hook:
     """Extension point of `Trainer.fit`; every method is optional."""

@@ -17,11 +17,13 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dnnlab.errors import ConfigError
+
 DEFAULTS = {"start_lr": 1e-7, "end_lr": 10.0, "steps": 300, "smoothing": 0.98, "diverge": 4.0, "factor": 10.0}
 
 
 def settings(cfg: DictConfig) -> dict[str, float]:
-    """`cfg.lr_find` over the defaults, validated."""
+    """`cfg.lr_find` over the defaults; ConfigError names a bad one."""
     s = {**DEFAULTS, **OmegaConf.to_container(cfg.get("lr_find") or OmegaConf.create({}), resolve=True)}
     checks = {
         "start_lr": s["start_lr"] > 0,
@@ -36,7 +38,7 @@ def settings(cfg: DictConfig) -> dict[str, float]:
              "factor": "a factor >= 1"}
     for key, ok in checks.items():
         if not ok:
-            raise ValueError(f"lr_find.{key}={s[key]!r} is not valid; use {valid[key]}")
+            raise ConfigError(f"lr_find.{key}={s[key]!r} is not valid; use {valid[key]}")
     return s
 
 
@@ -70,11 +72,18 @@ def range_test(trainer, s: dict[str, float]) -> list[dict[str, float]]:
     return rows
 
 
-def suggest(rows: list[dict[str, float]], factor: float) -> dict[str, float]:
-    """The rate at the minimum smoothed loss and the suggestion `factor` below it."""
+def suggest(rows: list[dict[str, float]], factor: float) -> dict[str, Any]:
+    """The rate at the minimum smoothed loss and the suggestion `factor` below it; a warning when the minimum is
+    the first rate tried (the loss fell at no rate of the range, so the suggestion is a guess below it)."""
     finite = [r for r in rows if math.isfinite(r["smoothed_loss"])]
     low = min(finite, key=lambda r: r["smoothed_loss"])
-    return {"min_loss_lr": low["lr"], "min_smoothed_loss": low["smoothed_loss"], "suggested_lr": low["lr"] / factor}
+    result: dict[str, Any] = {"min_loss_lr": low["lr"], "min_smoothed_loss": low["smoothed_loss"],
+                              "suggested_lr": low["lr"] / factor}
+    if low is rows[0]:
+        result["warning"] = (f"the loss was lowest at the first rate tried (lr_find.start_lr={low['lr']:.3g}): it fell at "
+                             f"no rate of the range, so {low['lr'] / factor:.3g} is only a guess below it. Start lower "
+                             f"(e.g. lr_find.start_lr={low['lr'] / 1000:.3g}) and look at lr_find.png.")
+    return result
 
 
 def plot(rows: list[dict[str, float]], result: dict[str, float], path: Path) -> None:
@@ -106,19 +115,14 @@ def lr_find(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     from dnnlab.api import build_trainer, setup_errors
     from dnnlab.rundir import RunDir, atomic_write
 
-    from dnnlab.errors import ConfigError
-
-    try:
-        s = settings(cfg)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
+    s = settings(cfg)
     cfg = cfg.copy()
     with open_dict(cfg):  # the test sets the rate itself: no schedule (1cycle would also cycle momentum)
         cfg.schedule = {"_target_": None, "interval": "step"}
     run = RunDir(run_dir)
-    run.save_config(cfg)
     with setup_errors():
         trainer = build_trainer(cfg, run)
+    run.save_config(cfg)  # only once everything is built: a setup error leaves the folder empty
     rows = range_test(trainer, s)
     result = {**suggest(rows, s["factor"]), "steps": len(rows), "stopped_early": len(rows) < s["steps"], **s}
     with open(run.path / "lr_find.csv", "w", newline="") as f:
@@ -143,12 +147,31 @@ def task(cfg: DictConfig) -> None:
         f"{result['steps']} steps) → optimizer.lr={result['suggested_lr']:.3g}\n"
         f"plot and CSV: {run_dir}/lr_find.png, lr_find.csv"
     )
+    if "warning" in result:
+        console.print(f"[yellow]warning:[/yellow] {result['warning']}", highlight=False)
 
 
 def main(argv: list[str]) -> int:
-    from dnnlab.cli import hydra_app
-    from dnnlab.errors import is_user_error
+    from hydra._internal.utils import get_args_parser  # Hydra's own flags, as `dnnlab train` reads them
 
+    from dnnlab.api import default_run_dir, resume_override
+    from dnnlab.cli import hydra_app, preflight, special_flags
+    from dnnlab.errors import is_user_error
+    from dnnlab.rundir import remove_stray
+
+    # The lr_find group holds the test's own settings; overrides like lr_find.steps=100 refine it. It goes
+    # among the overrides (argparse takes them in one run, Hydra's flags before or after them).
+    args = get_args_parser().parse_args(argv)
+    at = argv.index(args.overrides[0]) if args.overrides else len(argv)
+    argv = [*argv[:at], "+lr_find=default", *argv[at:]]
+    args.overrides.insert(0, "+lr_find=default")
+    if not special_flags(args):
+        if resume_override(args.overrides):
+            raise ConfigError("dnnlab lr-find does not continue a run: it trains a fresh copy of the configured model "
+                              "for the range test. Drop resume= (give the run's own settings instead, e.g. model.width=…).")
+        cfg = preflight(args)  # the same checks and messages as `dnnlab train`, before Hydra makes a folder
+        if cfg is not None and args.cfg is None:
+            settings(cfg)
     errors: list[Exception] = []
 
     def guarded(cfg: DictConfig) -> None:
@@ -158,10 +181,10 @@ def main(argv: list[str]) -> int:
         except Exception as error:
             if not is_user_error(error):
                 raise
+            remove_stray(default_run_dir())  # the error came before the test wrote its files
             errors.append(error)
 
-    # The lr_find group holds the test's own settings; overrides like lr_find.steps=100 refine it.
-    hydra_app(guarded, ["+lr_find=default", *argv], "dnnlab lr-find")
+    hydra_app(guarded, argv, "dnnlab lr-find")
     if errors:
         raise errors[0]
     return 0

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
 from dnnlab.initializers import WEIGHTED
 
@@ -118,7 +119,7 @@ class EarlyStopping(Regularizer, Hook):
 
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
         if self.monitor not in metrics:
-            raise KeyError(
+            raise ConfigError(
                 f"regularization.early_stopping.monitor={self.monitor!r} is not a logged metric; "
                 f"valid: {', '.join(sorted(k for k in metrics if '/' not in k))}"
             )

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken
+from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken, writing
 from dnnlab.hooks import Hook
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -43,20 +43,24 @@ RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks"
 
 
 def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write via `write(file)` to a temp file beside `path`, fsync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """Write via `write(file)` to a temp file beside `path`, fsync it, then rename it over `path`.
+
+    A full or read-only disk is a StorageError naming `path`.
+    """
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, mode) as f:
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -149,20 +153,24 @@ class RunDir:
         return target
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.metrics_path.read_text().splitlines(), 1) if line.strip()]
         rows = []
-        for i, line in enumerate(lines):
+        for i, (number, line) in enumerate(lines):
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as error:
                 if i < len(lines) - 1:
-                    raise
+                    raise RunFolderError(
+                        f"{self.metrics_path} is damaged: its line {number} is not JSON ({error.msg}: "
+                        f"{line[:60]!r}). dnnlab writes whole rows, so another program changed the file; restore it, "
+                        f"or delete that row to keep the others."
+                    ) from None
                 # The last row, cut short by a writer killed mid-append: its epoch was never checkpointed.
         return rows
 
@@ -177,8 +185,18 @@ class RunDir:
         atomic_write(self.summary_path, lambda f: json.dump(clean, f, indent=2), mode="w")
 
     def read_summary(self) -> dict[str, Any]:
-        with open(self.summary_path) as f:
-            return json.load(f)
+        try:
+            with open(self.summary_path) as f:
+                summary = json.load(f)
+            if isinstance(summary, dict):
+                return summary
+            problem = f"it holds a JSON {type(summary).__name__}"
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            problem = " ".join(str(error).split())[:80]
+        raise RunFolderError(
+            f"{self.summary_path} is not a dnnlab summary (a JSON object): {problem}. dnnlab writes it atomically, so "
+            f"another program changed it; delete it (the report then works from metrics.jsonl) or restore it."
+        )
 
     def save_config(self, cfg: DictConfig, overwrite: bool = False) -> None:
         """Write the resolved config unless there is one (`overwrite`: a new run's, or a resumed run's new config)."""
@@ -197,7 +215,10 @@ class RunDir:
             atomic_write(self.config_path.with_name(name), lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
+        keeps = (f"A checkpoint is replaced only once whole, so {self.path} keeps the last complete one, if any: "
+                 f"free space, then continue with dnnlab train resume={self.path}.")
+        with writing(self.checkpoint_path(name), after=keeps):
+            atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
 
     def copy_checkpoint(self, source: str, target: str) -> None:
         """Make `target` hold what `source` holds now, atomically: a hard link, no second serialization.
@@ -225,9 +246,13 @@ class RunDir:
         """
         from filelock import FileLock, Timeout
 
+        if (self.path / LOCK_NAME).is_symlink():  # a lock that points elsewhere could make dnnlab create or truncate any file
+            raise RunFolderError(f"{self.path / LOCK_NAME} is a symbolic link; dnnlab does not follow it. "
+                                 f"Delete it (no dnnlab process leaves a link there) and run again.")
         lock = FileLock(self.path / LOCK_NAME, timeout=0)
         try:
-            lock.acquire()
+            with writing(self.path / LOCK_NAME):
+                lock.acquire()
         except Timeout:
             raise RunFolderTaken(
                 f"The run folder {self.path} is in use by another dnnlab process (it holds {self.path / LOCK_NAME}). "

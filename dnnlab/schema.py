@@ -8,15 +8,18 @@ Keys without a rule are left to the code that uses them (the data loaders valida
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import ConfigError, did_you_mean
+from dnnlab.hooks import EPOCH_METRICS
 
 HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
@@ -90,6 +93,10 @@ TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 POSITIVE = number(0, low_open=True)
 NON_NEGATIVE = number(0)
 FRACTION = number(0, 1, high_open=True)  # probabilities of dropping, momentum coefficients
+# A per-layer metric (a '/' in it) depends on the model: the hook that watches it checks it.
+MONITORS = ("trainer.monitor", "regularization.early_stopping.monitor")
+METRIC = Rule(lambda v: isinstance(v, str) and (v in EPOCH_METRICS or "/" in v),
+              "a metric of metrics.jsonl: " + ", ".join(EPOCH_METRICS) + " (or a per-layer one, e.g. grad_norm/hidden1)")
 
 # config key (fnmatch pattern over the dotted path) → rule. Keys a config does not have are skipped.
 # torch.compile's modes (`trainer.compile`); here so validation need not import torch.
@@ -103,7 +110,6 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": integer(1),
     "trainer.device": Rule(lambda v: v in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", str(v))),
                            "auto, cpu, cuda or cuda:N"),
-    "trainer.monitor": TEXT,
     "trainer.monitor_mode": choice("min", "max"),
     "trainer.progress": BOOLEAN,
     "trainer.overwrite": BOOLEAN,
@@ -137,7 +143,6 @@ RULES: dict[str, Rule] = {
     "regularization.l1.weight": NON_NEGATIVE,
     "regularization.l2.weight": NON_NEGATIVE,
     "regularization.max_norm.r": POSITIVE,
-    "regularization.early_stopping.monitor": TEXT,
     "regularization.early_stopping.mode": choice("min", "max"),
     "regularization.early_stopping.patience": integer(1),
     "regularization.early_stopping.min_delta": NON_NEGATIVE,
@@ -161,6 +166,9 @@ RULES: dict[str, Rule] = {
                               "a number in (0, 1), e.g. 0.1: training needs a validation split (best.pt, "
                               "trainer.monitor, early stopping and schedule=performance read val_loss/val_acc; "
                               "monitoring a training metric instead is not offered)"),
+    **dict.fromkeys(MONITORS, METRIC),
+    "data.root": Rule(lambda v: not Path(str(v)).expanduser().is_file(),
+                      "a folder (data sets are read from and downloaded to data.root/<name>/), not a file"),
 }
 
 
@@ -205,7 +213,12 @@ def validate(cfg: DictConfig) -> None:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as error:  # an interpolation that does not resolve, e.g. ${optimizer.lrr}
         raise ConfigError(f"The config does not resolve: {' '.join(str(error).split())}") from error
-    problems = [p for key, value in flatten(plain).items() if (p := problem(key, value))]
+    flat = flatten(plain)
+    problems = [p for key, value in flat.items() if (p := problem(key, value))]
+    if flat.get("trainer.diagnostics") is False:  # per-layer metrics come from the diagnostics hook alone
+        problems += [f"{key}={flat[key]!r} is a per-layer diagnostic, which trainer.diagnostics=false does not log: "
+                     f"set trainer.diagnostics=true or watch one of {', '.join(EPOCH_METRICS)}"
+                     for key in MONITORS if "/" in str(flat.get(key, ""))]
     problems += [p for p in (classes_problem(plain),) if p]
     if problems:
         raise ConfigError(_join(problems))
@@ -225,17 +238,89 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
 
     parser = OverridesParser.create()
     parsed = []
-    for line in overrides:
+    for i, line in enumerate(overrides):
         try:
             parsed.append(parser.parse_override(line))
         except HydraException as error:
             first = str(error).splitlines()[0]
             raise ConfigError(
-                f"Cannot read the override {line!r} ({first}). Overrides look like key=value "
+                f"Cannot read the override {line!r} ({first}). {_quoting_hint(line, overrides[i - 1] if i else '')}"
+                f"Overrides look like key=value "
                 f"(trainer.epochs=5), group=option (optimizer=adam), a list (regularization=[l2,dropout]) "
                 f"or, with -m, a sweep (optimizer=adam,sgd); see {HYDRA_GRAMMAR}"
             ) from None
     return parsed
+
+
+def _quoting_hint(line: str, previous: str) -> str:
+    """How to quote what the shell split (a path with a space) or Hydra cannot read unquoted (non-ASCII)."""
+    if "=" not in line and "=" in previous:
+        return (f"If it is the rest of {previous!r}, a value with a space that the shell split in two, quote the whole "
+                f"override: '{previous} {line}'. ")
+    key, eq, value = line.partition("=")
+    if eq and not value.startswith(("'", '"')) and not value.isascii():
+        return f"Hydra reads non-ASCII characters only in a quoted value: '{key}=\"{value}\"'. "
+    return ""
+
+
+@contextlib.contextmanager
+def config_search(config_dir: str | None = None) -> Iterator[None]:
+    """Hydra initialized over dnnlab's configs and, like Hydra's --config-dir, the user's folder after them."""
+    from hydra import initialize_config_module, version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    if config_dir is None:
+        with initialize_config_module("dnnlab.conf", version_base="1.3"):
+            yield
+        return
+    folder = Path(config_dir).expanduser().absolute()
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir {config_dir} is not a folder ({folder} {'is a file' if folder.exists() else 'does not exist'}). "
+                          f"Give the folder that holds your config groups (e.g. configs/ with configs/experiment/NAME.yaml).")
+    version.setbase("1.3")
+    search = create_config_search_path("pkg://dnnlab.conf")  # the same path Hydra builds for --config-dir
+    search.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    Hydra.create_main_hydra2(task_name="dnnlab", config_search_path=search)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def yaml_error(error: Exception) -> ConfigError:
+    """A config file that is not YAML: the file, line and column, and what the parser expected."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if mark is None:
+        return ConfigError(f"A config file is not valid YAML: {' '.join(str(error).split())}.")
+    began = f"{context} that begins at line {start.line + 1}, column {start.column + 1}: " if context and start else ""
+    return ConfigError(f"{mark.name} is not valid YAML: {began}{problem} (line {mark.line + 1}, column {mark.column + 1}). "
+                       f"Fix the file (often a missing ']', '}}' or ':', or a tab used to indent).")
+
+
+def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str | None = None) -> None:
+    """ConfigError for a key a config file (e.g. a --config-dir experiment) adds at the top level or under
+    `trainer`, where dnnlab reads only its own keys: a misspelling would otherwise be silently ignored."""
+    from dnnlab.catalog import CONF, groups
+
+    base = OmegaConf.load(CONF / "config.yaml")
+    own_groups = [p.name for p in Path(config_dir).expanduser().iterdir() if p.is_dir()] if config_dir else []
+    known = {"": {*map(str, base), *groups(), *own_groups, "hydra"}, "trainer": set(map(str, base.trainer))}
+    added = {o.key_or_group for o in parse_overrides(overrides) if o.is_add() or o.is_force_add()}
+    problems = []
+    for parent, keys in known.items():
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        for key in map(str, node or {}):
+            full = f"{parent}.{key}" if parent else key
+            if key not in keys and full not in added:
+                problems.append(f"{full} is not a config key.{did_you_mean(key, keys, prefix=parent)} Valid keys "
+                                f"{'under ' + parent if parent else 'at the top level'}: {', '.join(sorted(keys - {'hydra'}))}")
+    if problems:
+        raise ConfigError(f"A config file sets a key that nothing reads: {'; '.join(problems)}. "
+                          f"Fix the key in your config file (`dnnlab train --cfg job` shows the whole config).")
 
 
 def hydra_session() -> Any:

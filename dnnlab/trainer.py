@@ -27,7 +27,7 @@ from torch import nn
 from dnnlab import acceleration
 from dnnlab.data import Splits
 from dnnlab.errors import one_line
-from dnnlab.hooks import Hook
+from dnnlab.hooks import EPOCH_METRICS, Hook
 from dnnlab.optim import GradClipper, load_optimizer_state
 from dnnlab.regularization import Regularizer, weight_tensors
 from dnnlab.schedules import Schedule
@@ -201,17 +201,8 @@ class Trainer:
             numbers = torch.stack([train_loss, train_acc, val_loss, val_acc, finite_steps.float(), *counted]).tolist()
             epoch_s = time.perf_counter() - t0
             self.epoch += 1
-            metrics = {
-                "epoch": self.epoch,
-                "step": self.step,
-                "lr": float(lr),
-                "train_loss": numbers[0],
-                "train_acc": numbers[1],
-                "val_loss": numbers[2],
-                "val_acc": numbers[3],
-                "epoch_s": epoch_s,
-                "samples_per_s": len(self.data.train_y) / epoch_s,
-            }
+            values = (self.epoch, self.step, float(lr), *numbers[:4], epoch_s, len(self.data.train_y) / epoch_s)
+            metrics = dict(zip(EPOCH_METRICS, values, strict=True))
             if counted:
                 metrics["optimized_loss_nonfinite_steps"] = int(numbers[5])
             if not math.isfinite(numbers[0]):
