@@ -20,4 +20,5 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
     assert row["bf16"] > 0
     if data["device"] == "cpu":  # a fast path that cannot apply reports why instead of a number
         assert row["cuda graph"] == "trainer.cuda_graph off: a CUDA graph needs a CUDA device (this run is on cpu)"
-    assert data["startup_smoke_s"] > data["startup_torch_floor_s"] > 0 and "samples/s" in result.stdout
+    # Both start-up times are measured; which is larger is a benchmark number, not a test (it flips under load).
+    assert data["startup_smoke_s"] > 0 and data["startup_torch_floor_s"] > 0 and "samples/s" in result.stdout
