@@ -261,6 +261,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
             run.save_config(cfg, overwrite=checkpoint is not None)
             if state is not None:
                 run.keep_metrics_through(trainer.epoch)
+                run.summary_path.unlink(missing_ok=True)  # the earlier process's conclusion: this one writes its own
                 log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)
             log.info("run folder %s", run.path)
             summary = trainer.fit()

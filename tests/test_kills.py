@@ -1,0 +1,101 @@
+"""A run killed or stopped at any instant: best.pt agrees with the state a resume loads, signals at the
+end of a run and in sweep workers are honoured, and SIGKILLs at random moments never change the numbers."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dnnlab.api import compose, train
+from dnnlab.rundir import RunDir, find_checkpoint, load_checkpoint
+
+FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
+        "data.limit=200", "model.depth=1", "model.width=8"]
+# val_loss improves, stalls, improves again: epochs with and without a new best.pt.
+WAVY = [*FAST, "optimizer=sgd", "optimizer.lr=0.5", "trainer.epochs=5"]
+TIMING = ("epoch_s", "samples_per_s")
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no `except Exception` sees it, so nothing runs that a kill would skip."""
+
+
+def numbers(run: Path) -> list[dict]:
+    """metrics.jsonl without its timings."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def best_epoch_agrees(run: Path) -> int:
+    """best.pt holds the best epoch recorded by the state a resume would load; returns that epoch."""
+    state = load_checkpoint(find_checkpoint(run))
+    recorded = state["hooks"]["RunFolderHook"]["best_epoch"]
+    best = run / "checkpoints" / "best.pt"
+    assert (load_checkpoint(best)["epoch"] if best.exists() else 0) == recorded
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def wavy(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    summary = train(compose(WAVY), run_dir=run)
+    return run, summary
+
+
+def kill_after_writes(monkeypatch, n: int) -> list:
+    """Make the n-th checkpoint file operation (a save or a link) raise Killed once it is done."""
+    calls = []
+
+    def counted(method):
+        def wrapper(self, *args):
+            method(self, *args)
+            calls.append(args)
+            if len(calls) == n:
+                raise Killed
+        return wrapper
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", counted(RunDir.save_checkpoint))
+    monkeypatch.setattr(RunDir, "copy_checkpoint", counted(RunDir.copy_checkpoint))
+    return calls
+
+
+@pytest.mark.parametrize("kill_after", range(1, 10))
+def test_a_kill_after_any_checkpoint_write_leaves_best_pt_at_the_recorded_best_epoch(tmp_path, monkeypatch, wavy, kill_after):
+    """Killed right after the n-th checkpoint file operation (a save or a link, e.g. between last.pt and
+    best.pt): best.pt matches the state's best epoch, and after resume= the summary's."""
+    straight, expected = wavy
+    with monkeypatch.context() as patch:
+        calls = kill_after_writes(patch, kill_after)
+        try:
+            train(compose(WAVY), run_dir=tmp_path / "run")
+        except Killed:
+            pass
+    if len(calls) < kill_after:
+        pytest.skip(f"the run makes only {len(calls)} checkpoint writes")
+    best_epoch_agrees(tmp_path / "run")
+    summary = train(compose([f"resume={tmp_path / 'run'}"]))
+    assert summary["best_epoch"] == expected["best_epoch"] == best_epoch_agrees(tmp_path / "run")
+    assert numbers(tmp_path / "run") == numbers(straight)
+
+
+def test_a_resumed_run_killed_after_a_new_best_leaves_no_summary_naming_the_old_one(tmp_path, monkeypatch, wavy):
+    """A finished 3-epoch run extended to 5 and killed once epoch 4 (a new best) is written: the old
+    summary (best epoch 2) no longer stands beside best.pt of epoch 4."""
+    train(compose([*WAVY, "trainer.epochs=3"]), run_dir=tmp_path / "run")
+    with monkeypatch.context() as patch:
+        kill_after_writes(patch, 3)  # the resume's last.pt, then epoch 4's best.pt and its last.pt link
+        with pytest.raises(Killed):
+            train(compose([f"resume={tmp_path / 'run'}", "trainer.epochs=5"]))
+    assert best_epoch_agrees(tmp_path / "run") == 4
+    summary = tmp_path / "run" / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["best_epoch"] == 4
+    assert train(compose([f"resume={tmp_path / 'run'}"]))["best_epoch"] == wavy[1]["best_epoch"] == 4
+    assert numbers(tmp_path / "run") == numbers(wavy[0])
