@@ -250,7 +250,8 @@ def find_checkpoint(resume: str | os.PathLike) -> Path:
     last = path / "checkpoints" / "last.pt"
     if last.is_file():
         best = last.with_name("best.pt")  # newer than last.pt only when killed between the two writes
-        return best if best.is_file() and checkpoint_epoch(best) > checkpoint_epoch(last) else last
+        newer = best.is_file() and checkpoint_epoch(best) > checkpoint_epoch(last) >= 0  # (an unreadable last.pt is reported)
+        return best if newer else last
     if not path.exists():
         why = "it does not exist"
     elif not path.is_dir():
