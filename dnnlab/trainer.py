@@ -208,6 +208,7 @@ class Trainer:
             }
             if not math.isfinite(numbers[0]):
                 self.diverged(boundary_step + int(numbers[4]) + 1)
+                metrics["step"] = self.step
             elif not math.isfinite(numbers[2]):
                 self.diverged(self.step)  # the epoch's last step left non-finite weights
             else:
@@ -289,6 +290,8 @@ class Trainer:
         return loss_sum / n, correct.float() / n
 
     def diverged(self, step: int) -> None:
+        # The steps after the non-finite one ran on NaN weights (no per-step sync stops them): they are not training.
+        self.step = step
         self.notes.update(diverged_epoch=self.epoch, diverged_step=step)
         self.stop("diverged", f"the loss became non-finite at step {step} (epoch {self.epoch})")
         log.error(

@@ -99,3 +99,11 @@ def test_a_resumed_run_killed_after_a_new_best_leaves_no_summary_naming_the_old_
     assert not summary.exists() or json.loads(summary.read_text())["best_epoch"] == 4
     assert train(compose([f"resume={tmp_path / 'run'}"]))["best_epoch"] == wavy[1]["best_epoch"] == 4
     assert numbers(tmp_path / "run") == numbers(wavy[0])
+
+
+def test_a_diverged_run_counts_the_steps_up_to_the_non_finite_one(tmp_path):
+    summary = train(compose([*FAST, "model.depth=2", "model.width=16", "trainer.epochs=3", "optimizer=sgd",
+                             "optimizer.lr=1e6"]), run_dir=tmp_path)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == summary["status"] == "diverged" and saved["diverged_epoch"] == 1
+    assert saved["steps"] == saved["diverged_step"] == numbers(tmp_path)[-1]["step"] < 7  # 7 batches an epoch
