@@ -8,6 +8,8 @@ Stopping: SIGINT/SIGTERM end the loop before the next step. A partial epoch is a
 checkpointed: `last.pt` always holds an epoch boundary (written at every epoch end and at the
 start), so a resume from it replays the abandoned epoch exactly. A non-finite loss is seen when the
 epoch's losses are read (no per-step sync); the run stops there with the exact step recorded.
+A signal after the last epoch, before the test result is in, also ends the run `interrupted` (test
+split not evaluated; `resume=` evaluates it): a signal is never answered with `completed`.
 """
 from __future__ import annotations
 
@@ -303,8 +305,13 @@ class Trainer:
     def finish(self, wall_s: float) -> dict[str, Any]:
         """Evaluate the test split once (when training ended normally) and assemble the summary."""
         test_loss = test_acc = None
-        if self.status in ("completed", "early_stopped"):
+        if self.status in ("completed", "early_stopped") and self.interrupted is None:
             test_loss, test_acc = torch.stack(self.evaluate(self.data.test_x, self.data.test_y)).tolist()
+        if self.status in ("completed", "early_stopped") and self.interrupted is not None:
+            # A signal before the test result was in: the run ends interrupted; resume= only evaluates.
+            test_loss = test_acc = None
+            self.stopped_by_signal(partial_epoch=False)
+            self.stop_reason += "; the test split was not evaluated (resume= evaluates it)"
         summary: dict[str, Any] = {
             "status": self.status,
             "stop_reason": self.stop_reason,
@@ -331,6 +338,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "status": self.status,
+            "stop_reason": self.stop_reason,
             "rng": {
                 "python": random.getstate(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -346,6 +354,8 @@ class Trainer:
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step = state["epoch"], state["step"]
+        if state.get("status") == "early_stopped":  # a killed run that had stopped early stays stopped
+            self.status, self.stop_reason = "early_stopped", state.get("stop_reason", "")
         rng = state["rng"]
         random.setstate(rng["python"])
         name, keys, *rest = rng["numpy"]

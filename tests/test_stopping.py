@@ -107,3 +107,31 @@ def test_a_diverged_run_counts_the_steps_up_to_the_non_finite_one(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["status"] == summary["status"] == "diverged" and saved["diverged_epoch"] == 1
     assert saved["steps"] == saved["diverged_step"] == numbers(tmp_path)[-1]["step"] < 7  # 7 batches an epoch
+
+
+@pytest.mark.parametrize("extra, status", [([], "completed"),
+                                           (["regularization=[early_stopping]", "regularization.early_stopping.patience=1"],
+                                            "early_stopped")])
+def test_sigterm_during_the_test_evaluation_exits_143_and_resume_finishes_it(tmp_path, monkeypatch, extra, status):
+    from dnnlab.cli import main
+    from dnnlab.trainer import Trainer
+
+    expected = train(compose([*WAVY, *extra]), run_dir=tmp_path / "straight")
+    assert expected["status"] == status
+    evaluate = Trainer.evaluate
+
+    def sigterm_during_test(self, x, y):
+        if x is self.data.test_x:
+            os.kill(os.getpid(), signal.SIGTERM)  # fit's handler takes it
+        return evaluate(self, x, y)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "evaluate", sigterm_during_test)
+        assert main(["train", *WAVY, *extra, f"hydra.run.dir={tmp_path / 'run'}"]) == 143
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["test_acc"] is None and "not evaluated" in summary["stop_reason"]
+    assert summary["epochs"] == expected["epochs"]
+    resumed = train(compose([f"resume={tmp_path / 'run'}"]))
+    for key in ("status", "epochs", "test_acc", "test_loss", "best_epoch"):
+        assert resumed[key] == expected[key], key
+    assert numbers(tmp_path / "run") == numbers(tmp_path / "straight")
