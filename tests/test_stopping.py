@@ -135,3 +135,111 @@ def test_sigterm_during_the_test_evaluation_exits_143_and_resume_finishes_it(tmp
     for key in ("status", "epochs", "test_acc", "test_loss", "best_epoch"):
         assert resumed[key] == expected[key], key
     assert numbers(tmp_path / "run") == numbers(tmp_path / "straight")
+
+
+# ------------------------------------------------------------------ SIGKILL at random moments
+# `dnnlab train` with two test-only patches: every atomic write and every best.pt → last.pt link is
+# announced as a line in $EVENTS, and the $PAUSE_AT-th one of kind $PAUSE_KIND pauses (in the middle of
+# the write: temp file written, not yet renamed; or between best.pt and last.pt) until the test kills it.
+KILLABLE = textwrap.dedent("""
+    import os, sys, time
+    from dnnlab import cli, rundir
+    events, kind, at = open(os.environ["EVENTS"], "a"), os.environ.get("PAUSE_KIND"), int(os.environ.get("PAUSE_AT", 0))
+    seen = {"write": 0, "link": 0}
+
+    def announce(what, name):
+        seen[what] += 1
+        events.write(f"{what} {name}\\n")
+        events.flush()
+        if what == kind and seen[what] == at:
+            events.write("paused\\n")
+            events.flush()
+            time.sleep(60)
+
+    atomic_write, copy = rundir.atomic_write, rundir.RunDir.copy_checkpoint
+
+    def paused_write(path, write, mode="wb"):
+        def then_announce(f):
+            write(f)
+            f.flush()
+            announce("write", path.name)
+        atomic_write(path, then_announce, mode)
+
+    def paused_copy(self, source, target):
+        announce("link", f"{source}->{target}")
+        copy(self, source, target)
+
+    rundir.atomic_write, rundir.RunDir.copy_checkpoint = paused_write, paused_copy
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+# Every stateful technique: dropout (RNG), batch norm (running stats), early stopping (patience, best
+# weights; it stops the run before trainer.epochs), a plateau schedule, per-layer diagnostics.
+FAULTY = ["trainer.progress=false", "trainer.device=cpu", "data.limit=300", "model.depth=2", "model.width=64",
+          "trainer.batch_size=16", "normalization=batchnorm", "regularization=[dropout,early_stopping]",
+          "regularization.early_stopping.patience=4", "regularization.early_stopping.min_delta=0.03",
+          "schedule=performance", "schedule.patience=0", "optimizer=sgd", "optimizer.lr=0.3", "trainer.epochs=30"]
+
+
+def killable(cwd: Path, overrides: list[str], kind: str | None, at: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EVENTS": str(cwd / "events.txt"),
+           "PAUSE_KIND": kind or "", "PAUSE_AT": str(at)}
+    (cwd / "events.txt").write_text("")
+    with open(cwd / "terminal.txt", "w") as terminal:
+        return subprocess.Popen([sys.executable, "-c", KILLABLE, "train", *overrides], cwd=cwd, env=env,
+                                stdout=terminal, stderr=subprocess.STDOUT)
+
+
+def events(cwd: Path) -> list[str]:
+    return (cwd / "events.txt").read_text().splitlines()
+
+
+def loads(run: Path) -> None:
+    """What someone opening the killed run does: report reads it, eval scores its checkpoint."""
+    from dnnlab import evaluate, report
+
+    runs, _ = report.collect([run])
+    assert report.build_table(runs, "best_val_acc")
+    name = "best" if (run / "checkpoints" / "best.pt").exists() else "last"
+    assert 0 <= evaluate.evaluate(evaluate.load_run(run, name, device="cpu"))["deterministic"]["acc"] <= 1
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_changes_the_numbers(tmp_path):
+    """Up to 14 SIGKILLs (seeded): at a random instant, in the middle of a checkpoint, config or metrics write,
+    or between best.pt and last.pt. After each the folder loads and best.pt agrees with the state; resume=
+    continues, and the finished run's metrics.jsonl equals an uninterrupted run's, bit for bit."""
+    straight = train(compose(FAULTY), run_dir=tmp_path / "straight")
+    assert straight["status"] == "early_stopped"
+    rng = random.Random(11)
+    run, survived, plan = tmp_path / "run", 0, []
+    command = [*FAULTY, f"hydra.run.dir={run}"]
+    while survived < 14:
+        # About one epoch of progress per attempt: a resume writes config.yaml, metrics.jsonl and last.pt first.
+        kind = rng.choice(["time", "write", "write", "link"])
+        at = {"time": rng.randint(3, 5), "write": rng.randint(2 if survived == 0 else 1, 5), "link": rng.randint(1, 2)}[kind]
+        proc = killable(tmp_path, command, None if kind == "time" else kind, at)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            lines = events(tmp_path)
+            if (kind == "time" and len(lines) >= at) or "paused" in lines:
+                break
+            time.sleep(0.002)
+        if kind == "time":
+            time.sleep(rng.uniform(0, 0.05))  # then any instant: mid-epoch, mid-append, mid-write
+        if proc.poll() is not None:  # the run ended before that moment came
+            assert proc.returncode == 0, (tmp_path / "terminal.txt").read_text()[-3000:]
+            break
+        proc.kill()
+        proc.wait()
+        survived += 1
+        plan.append(f"{kind}:{events(tmp_path)[-2 if kind != 'time' else -1] if events(tmp_path) else '-'}")
+        loads(run)
+        best_epoch_agrees(run)
+        command = [f"resume={run}"]
+    assert survived >= 10, plan
+    finished = train(compose([f"resume={run}"]))
+    assert numbers(run) == numbers(tmp_path / "straight"), plan
+    for key in ("status", "epochs", "steps", "best_epoch", "test_acc", "test_loss", "restored_best_epoch"):
+        assert finished[key] == straight[key], key
+    assert best_epoch_agrees(run) == straight["best_epoch"]
+    print(f"{survived} kills survived: {plan}")
