@@ -243,3 +243,57 @@ def test_sigkill_at_random_moments_never_changes_the_numbers(tmp_path):
         assert finished[key] == straight[key], key
     assert best_epoch_agrees(run) == straight["best_epoch"]
     print(f"{survived} kills survived: {plan}")
+
+
+# ------------------------------------------------------------------ a killed joblib sweep
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from /proc")
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
+def test_a_signal_to_a_joblib_sweep_stops_its_workers_and_leaves_the_jobs_resumable(tmp_path, sig, code):
+    """SIGTERM/SIGINT (to the sweep's process only, not its group) reach the workers; a SIGKILLed sweep's
+    workers notice it is gone. Either way each job stops at a step as `interrupted`, and no worker trains on."""
+    endless = [*FAST, "trainer.epochs=100000", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "terminal.txt", "w") as terminal:
+        proc = subprocess.Popen([sys.executable, "-m", "dnnlab.cli", "train", "-m", *endless, "hydra.sweep.dir=sweep"],
+                                cwd=tmp_path, env=env, stdout=terminal, stderr=subprocess.STDOUT)
+    jobs = [tmp_path / "sweep" / n for n in ("0", "1")]
+    deadline = time.monotonic() + 120
+    while not all((job / "metrics.jsonl").exists() for job in jobs):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "terminal.txt").read_text()[-3000:]
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    proc.send_signal(sig)
+    try:
+        assert proc.wait(timeout=60) == code, (tmp_path / "terminal.txt").read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if alive(pid)], "workers still running after the sweep was stopped"
+    finally:  # leave nothing running, whatever happened
+        for pid in [proc.pid, *workers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        assert load_checkpoint(job / "checkpoints" / "last.pt")["epoch"] == summary["epochs"] == len(numbers(job))
