@@ -305,11 +305,11 @@ class Trainer:
     def finish(self, wall_s: float) -> dict[str, Any]:
         """Evaluate the test split once (when training ended normally) and assemble the summary."""
         test_loss = test_acc = None
-        if self.status in ("completed", "early_stopped") and self.interrupted is None:
+        trained = self.status in ("completed", "early_stopped")
+        if trained and self.interrupted is None:
             test_loss, test_acc = torch.stack(self.evaluate(self.data.test_x, self.data.test_y)).tolist()
-        if self.status in ("completed", "early_stopped") and self.interrupted is not None:
-            # A signal before the test result was in: the run ends interrupted; resume= only evaluates.
-            test_loss = test_acc = None
+        if trained and self.interrupted is not None:  # a signal before the test result was in (or during it)
+            test_loss = test_acc = None  # the run ends interrupted; resume= only evaluates
             self.stopped_by_signal(partial_epoch=False)
             self.stop_reason += "; the test split was not evaluated (resume= evaluates it)"
         summary: dict[str, Any] = {
