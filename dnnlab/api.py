@@ -201,6 +201,52 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
         ) from error
 
 
+# What `resume=` may set differently from the run it continues: more epochs, and settings that change how
+# it computes, not what. Every other value is held by the restored state (optimizer and schedule
+# hyper-parameters, RNG, weights) or shaped the epochs already run, and the folder records one config.
+RESUME_MAY_CHANGE = (
+    "resume", "trainer.epochs", "trainer.device", "trainer.threads", "trainer.progress", "trainer.diagnostics",
+    "trainer.eval_batch_size", "trainer.compile", "trainer.cuda_graph", "trainer.channels_last",
+    "optimizer.implementation", "data.root", "data.download",
+)
+
+
+def check_resume(cfg: DictConfig, state: dict[str, Any], path: Path, model: bool = False) -> None:
+    """ConfigError, before anything is written, for a resume that cannot continue `state` exactly.
+
+    `model=False`: fewer epochs than done, or a changed value outside `model`; `model=True` (once the
+    weights fit): a changed `model` value, which the loaded weights would override.
+    """
+    done = int(state.get("epoch", 0))
+    if not model and cfg.trainer.epochs < done:
+        raise ConfigError(
+            f"trainer.epochs={cfg.trainer.epochs} is fewer than the {done} epochs {path} has already trained; "
+            f"resume= only continues a run (trainer.epochs={done} or more). Its metrics.jsonl keeps every epoch; "
+            f"for a shorter run start a new one."
+        )
+    changed = {k: v for k, v in changed_values(cfg, state).items() if k.startswith("model.") == model}
+    if changed:
+        named = "; ".join(f"{k}={asked} (the run was trained with {ran})" for k, (ran, asked) in changed.items())
+        raise ConfigError(
+            f"resume= continues {path} exactly as it was trained, so these values cannot change: {named}. The "
+            f"checkpoint restores the weights, optimizer, schedule and random state its own values produced, and the "
+            f"run folder would record a value that never ran. Only trainer.epochs (at least {done}) and settings that "
+            f"do not change the numbers may differ ({', '.join(RESUME_MAY_CHANGE[2:])}). To train on with other "
+            f"values, start a new run from its weights: model.pretrained={path} plus the new values."
+        )
+
+
+def changed_values(cfg: DictConfig, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """key → (value the checkpoint was trained with, value `cfg` asks for), outside RESUME_MAY_CHANGE."""
+    if not state.get("config"):
+        return {}  # a checkpoint without its config: nothing to compare with
+    ran = schema.flatten(OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=True))
+    asked = schema.flatten(OmegaConf.to_container(cfg, resolve=True))
+    unset = "nothing"
+    return {k: (ran.get(k, unset), asked.get(k, unset)) for k in sorted(ran.keys() | asked.keys())
+            if ran.get(k, unset) != asked.get(k, unset) and k not in RESUME_MAY_CHANGE}
+
+
 def check_schedule_length(trainer: Trainer, saved: dict[str, Any]) -> None:
     """A schedule planned over the run's length (1cycle, cosine) cannot be stretched on resume."""
     scheduler = trainer.schedule.scheduler
@@ -290,6 +336,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
             run.check_free(overwrite)
             moved = run.move_aside()
         state = load_checkpoint(checkpoint) if checkpoint else None
+        if state is not None:
+            check_resume(cfg, state, checkpoint)
         handlers = [run.attach_log(log), attach_console(log)]
         log.setLevel(logging.INFO)
         try:
@@ -300,9 +348,11 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
                 trainer = build_trainer(cfg, run, hooks)
             if state is not None:
                 restore(trainer, state, checkpoint)
+                check_resume(cfg, state, checkpoint, model=True)
             # Everything fits: from here on the run folder changes.
             if state is not None:  # metrics first: a damaged metrics.jsonl stops the resume before the config changes
                 run.keep_metrics_through(trainer.epoch)
+                run.summary_path.unlink(missing_ok=True)  # the earlier process's conclusion: this one writes its own
                 log.info("resuming %s from epoch %d (%s)", run.path, trainer.epoch, checkpoint)
             run.save_config(cfg, overwrite=True)
             if state is None and hydra_cfg is not None:

@@ -6,11 +6,13 @@ SIGINT/SIGTERM during training exit 130/143 after the run folder is left resumab
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,33 @@ def hydra_app(task, argv: list[str], prog: str) -> int:
 _deferred: list[Exception] = []
 # Sweep jobs this process did not run because their folder was taken (not failures).
 _refused: list[str] = []
+# The sweep's own process id, for its jobs' worker processes (joblib) to tell that they are workers.
+SWEEP_PID_ENV = "DNNLAB_SWEEP_PID"
+_job_running = threading.Event()
+_watching: list[threading.Thread] = []
+
+
+def stop_when_orphaned() -> None:
+    """In a sweep's worker process: once the sweep's process is gone (killed, Ctrl-C), stop as SIGTERM would.
+
+    A killed parent does not take joblib's workers with it: they would go on training for nobody. The
+    job in progress ends at its epoch boundary (`interrupted`, resumable), then the worker exits.
+    """
+    if os.environ.get(SWEEP_PID_ENV) in (None, str(os.getpid())) or _watching:
+        return  # not a worker (the basic launcher runs jobs in the sweep's process), or already watching
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # re-parented the moment the parent dies, reaped or not
+            time.sleep(0.2)
+        if _job_running.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: stop at the next step, keep last.pt
+            while _job_running.is_set():
+                time.sleep(0.05)
+        os._exit(128 + signal.SIGTERM)
+
+    _watching.append(threading.Thread(target=watch, name="dnnlab-orphan-watch", daemon=True))
+    _watching[0].start()
 
 
 def train_task(cfg) -> float:
@@ -91,6 +120,9 @@ def train_task(cfg) -> float:
     job_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     folder = job_dir  # where this job's run is: a sweep job may be matched to another folder
+    if sweep:
+        stop_when_orphaned()
+    _job_running.set()
     try:
         if cfg.resume:  # a sweep over runs to continue: each continues in its own folder
             cfg = resume_config(cfg.resume, [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")])
@@ -123,6 +155,7 @@ def train_task(cfg) -> float:
     finally:
         if folder != job_dir:
             remove_stray(job_dir)  # Hydra made it, the job ran elsewhere
+        _job_running.clear()
     if cfg.resume:
         remove_stray(job_dir)  # the run went on in its own folder
     raise_if_interrupted(summary)
@@ -155,6 +188,45 @@ def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) ->
         with contextlib.suppress(OmegaConfBaseException):  # the error may be an interpolation that does not resolve
             run.save_config(cfg)
         run.save_launch(hydra_cfg)
+
+
+@contextlib.contextmanager
+def sweep_signals() -> Any:
+    """While a sweep runs, SIGINT/SIGTERM reach joblib's worker processes too (see `forward_to_workers`)."""
+    os.environ[SWEEP_PID_ENV] = str(os.getpid())  # inherited by the launcher's workers: they watch this process
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, forward_to_workers) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def forward_to_workers(signum: int, frame: Any) -> None:
+    """The sweep's SIGINT/SIGTERM: pass it to joblib's workers, whose jobs stop at their next step and end the
+    sweep as `Interrupted`; with no workers (jobs run in this process) stop here."""
+    from dnnlab.errors import Interrupted
+
+    workers = worker_processes()
+    if not workers:
+        raise Interrupted(signum)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def worker_processes() -> list[int]:
+    """This process's joblib (loky) children, from /proc (Linux; elsewhere none: orphaned workers stop by themselves)."""
+    workers = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"loky" in (proc / "cmdline").read_bytes():
+                workers.append(int(proc.name))
+    return workers
 
 
 class SweepReport(Callback):
@@ -286,7 +358,8 @@ def train_main(argv: list[str]) -> int:
     _deferred.clear()
     _refused.clear()
     SweepReport.outcome = []
-    hydra_app(train_task, argv, "dnnlab train")
+    with sweep_signals() if args.multirun else contextlib.nullcontext():
+        hydra_app(train_task, argv, "dnnlab train")
     if _deferred:
         raise _deferred.pop()
     return sweep_exit_code() if args.multirun else 0

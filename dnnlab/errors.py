@@ -105,6 +105,9 @@ class Interrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
+    def __reduce__(self) -> tuple:
+        return type(self), (self.signum,)  # a joblib worker's job sends it back to the sweep's process
+
 
 def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
     """' Did you mean [prefix.]X?' for the closest option (difflib), or ''."""

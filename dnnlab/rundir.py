@@ -342,13 +342,15 @@ def model_mismatch(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> li
 
 
 def find_checkpoint(resume: str | os.PathLike) -> Path:
-    """`resume=` names a run folder (→ its checkpoints/last.pt) or a checkpoint file; returns an absolute path."""
+    """`resume=` names a run folder (→ its newest checkpoint, last.pt) or a checkpoint file; returns an absolute path."""
     path = Path(resume).expanduser().absolute()
     if path.is_file():
         return path
     last = path / "checkpoints" / "last.pt"
     if last.is_file():
-        return last
+        best = last.with_name("best.pt")  # newer than last.pt only when killed between the two writes
+        newer = best.is_file() and checkpoint_epoch(best) > checkpoint_epoch(last) >= 0  # (an unreadable last.pt is reported)
+        return best if newer else last
     if not path.exists():
         why = "it does not exist"
     elif not path.is_dir():
@@ -362,6 +364,14 @@ def find_checkpoint(resume: str | os.PathLike) -> Path:
         f"resume={resume} is not a dnnlab run: {why}. Give a run folder (e.g. outputs/2026-01-31/12-00-00) "
         f"or a checkpoint file (…/checkpoints/last.pt)."
     )
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint holds, -1 if it cannot be read (mmap: the tensors are not read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:
+        return -1
 
 
 def run_folder_of(checkpoint: Path) -> Path | None:
@@ -442,12 +452,14 @@ class RunFolderHook(Hook):
                 f"valid: {', '.join(sorted(k for k in metrics if '/' not in k))}"
             )
         value = metrics[self.monitor]
-        best = self.improved(value)
-        if best:
-            self.best, self.best_epoch = value, metrics["epoch"]
-        self.run.save_checkpoint("last", self.checkpoint(trainer))
-        if best:
-            self.run.copy_checkpoint("last", "best")
+        if not self.improved(value):
+            self.run.save_checkpoint("last", self.checkpoint(trainer))
+            return
+        self.best, self.best_epoch = value, metrics["epoch"]
+        # best.pt first, then last.pt as a link to it. In between, best.pt is the newer state and
+        # find_checkpoint resumes from it: at every instant the state a resume loads names best.pt's epoch as best.
+        self.run.save_checkpoint("best", self.checkpoint(trainer))
+        self.run.copy_checkpoint("best", "last")
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
         rows = self.run.read_metrics()

@@ -8,6 +8,8 @@ Stopping: SIGINT/SIGTERM end the loop before the next step. A partial epoch is a
 checkpointed: `last.pt` always holds an epoch boundary (written at every epoch end and at the
 start), so a resume from it replays the abandoned epoch exactly. A non-finite loss is seen when the
 epoch's losses are read (no per-step sync); the run stops there with the exact step recorded.
+A signal after the last epoch, before the test result is in, also ends the run `interrupted` (test
+split not evaluated; `resume=` evaluates it): a signal is never answered with `completed`.
 """
 from __future__ import annotations
 
@@ -207,6 +209,7 @@ class Trainer:
                 metrics["optimized_loss_nonfinite_steps"] = int(numbers[5])
             if not math.isfinite(numbers[0]):
                 self.diverged(boundary_step + int(numbers[4]) + 1)
+                metrics["step"] = self.step
             elif not math.isfinite(numbers[2]):
                 self.diverged(self.step)  # the epoch's last step left non-finite weights
             else:
@@ -292,6 +295,8 @@ class Trainer:
         return loss_sum / n, correct.float() / n
 
     def diverged(self, step: int) -> None:
+        # The steps after the non-finite one ran on NaN weights (no per-step sync stops them): they are not training.
+        self.step = step
         self.notes.update(diverged_epoch=self.epoch, diverged_step=step)
         self.stop("diverged", f"the loss became non-finite at step {step} (epoch {self.epoch})")
         log.error(
@@ -303,8 +308,13 @@ class Trainer:
     def finish(self, wall_s: float) -> dict[str, Any]:
         """Evaluate the test split once (when training ended normally) and assemble the summary."""
         test_loss = test_acc = None
-        if self.status in ("completed", "early_stopped"):
+        trained = self.status in ("completed", "early_stopped")
+        if trained and self.interrupted is None:
             test_loss, test_acc = torch.stack(self.evaluate(self.data.test_x, self.data.test_y)).tolist()
+        if trained and self.interrupted is not None:  # a signal before the test result was in (or during it)
+            test_loss = test_acc = None  # the run ends interrupted; resume= only evaluates
+            self.stopped_by_signal(partial_epoch=False)
+            self.stop_reason += "; the test split was not evaluated (resume= evaluates it)"
         summary: dict[str, Any] = {
             "status": self.status,
             "stop_reason": self.stop_reason,
@@ -333,6 +343,7 @@ class Trainer:
             "step": self.step,
             "status": self.status,
             "wall_s": self.wall_s_so_far(),
+            "stop_reason": self.stop_reason,
             "rng": {
                 "python": random.getstate(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -356,6 +367,8 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.wall_s_before = state.get("wall_s", 0.0)  # checkpoints before dnnlab recorded it: unknown, 0
+        if state.get("status") == "early_stopped":  # a killed run that had stopped early stays stopped
+            self.status, self.stop_reason = "early_stopped", state.get("stop_reason", "")
         rng = state["rng"]
         random.setstate(rng["python"])
         name, keys, *rest = rng["numpy"]
