@@ -17,25 +17,17 @@ skips finished runs and re-reports."""
 
 
 def list_studies() -> int:
-    from rich.markup import escape
-    from rich.table import Table
+    """One line per study: its name (marked when it is the user's), the claim, the source."""
+    from omegaconf import OmegaConf
 
-    from dnnlab.api import compose
-    from dnnlab.catalog import USER_MARK
-    from dnnlab.console import console
+    from dnnlab.catalog import roots
     from dnnlab.studies.spec import from_config, names
 
-    table = Table(title="dnnlab studies (dnnlab study NAME)", header_style="bold")
-    for column in ("study", "claim", "source"):
-        table.add_column(column)
-    from dnnlab.catalog import options
-
-    described = options("study")
     for name in names():
-        study = from_config(name, compose([f"study={name}"]))
-        mark = " (yours)" if described[name].startswith(USER_MARK) else ""
-        table.add_row(name + mark, escape(study.claim), escape(study.source))
-    console.print(table)
+        path = next(root / "study" / f"{name}.yaml" for root in roots() if (root / "study" / f"{name}.yaml").is_file())
+        study = from_config(name, OmegaConf.load(path))
+        mark = " (yours)" if not path.is_relative_to(roots()[0]) else ""
+        print(f"{name}{mark}: {study.claim} [{study.source}]")
     return 0
 
 

@@ -90,22 +90,23 @@ def job_overrides(study: Study, options: Sequence[str], root: Path, folder: Path
             f"hydra.searchpath=[file://{root.resolve()}]", f"hydra.sweep.dir={folder}", f"hydra.sweep.subdir={SUBDIR}", *user]
 
 
-def preflight(study: Study, root: Path, folder: Path, user: Sequence[str]) -> None:
-    """Compose and validate every arm's and stage's first job before anything is written."""
+def preflight(study: Study, user: Sequence[str]) -> None:
+    """Compose and validate every arm's and stage's first job before anything is written.
+
+    The arm's overrides go on the command line here, where Hydra rejects a misspelt key (in the
+    generated option file it would add one).
+    """
     from dnnlab import schema
     from dnnlab.api import compose
     from dnnlab.errors import ConfigError
 
     plain = [o for o in user if not o.lstrip("+~").startswith("hydra")]
-    jobs = {**{n: (n, o) for n, o in study.arms.items()}, **{f"stage-{n}": (n, o) for n, o in study.stages.items()}}
-    for option_name, (name, overrides) in jobs.items():
+    jobs = [("arm", n, o) for n, o in study.arms.items()] + [("stage", n, o) for n, o in study.stages.items()]
+    for kind, name, overrides in jobs:
         try:
-            values = [o for o in overrides if "stage:" not in o]
-            compose([f"study={study.name}", *values, *plain])  # a misspelt key in the arm is named here
-            cfg = compose([f"study={study.name}", f"+{GROUP}={option_name}", f"hydra.searchpath=[file://{root.resolve()}]", *plain])
-            schema.validate(cfg)
+            schema.validate(compose([f"study={study.name}", *(o for o in overrides if "stage:" not in o), *plain]))
         except ConfigError as error:
-            raise StudyError(f"study {study.name}, {'stage' if option_name.startswith('stage-') else 'arm'} {name}: {error}") from None
+            raise StudyError(f"study {study.name}, {kind} {name}: {error}") from None
 
 
 def launch(study: Study, options: Sequence[str], root: Path, folder: Path, user: Sequence[str]) -> int:
@@ -123,8 +124,8 @@ def run(name: str, overrides: Sequence[str]) -> tuple[Path, int]:
     folder, user = sweep_dir(name, overrides)
     study, _ = load(name, user)
     with tempfile.TemporaryDirectory() as scratch:
-        write_options(study, folder, Path(scratch))
-        preflight(study, Path(scratch), folder, user)
+        write_options(study, folder, Path(scratch))  # every arm converts to an option
+    preflight(study, user)
     root = folder / ".study"
     shutil.rmtree(root / GROUP, ignore_errors=True)
     write_options(study, folder, root)  # the options the jobs compose: kept with the study

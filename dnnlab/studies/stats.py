@@ -10,11 +10,12 @@ from scipy import stats
 
 LEVEL = 0.95
 BOOTSTRAP_SAMPLES = 10_000
+MIN_PAIRS = 2  # one seed says nothing about the spread
 BOOTSTRAP_SEED = 0  # fixed: the same numbers give the same report
 
 RULE = ("A claimed comparison holds when the 95 % bootstrap CI of its paired differences (same seed = a pair) "
         "lies entirely on the claimed side of 0 (or of the threshold), fails when it lies entirely on the other "
-        "side, and is unclear otherwise. The verdict is supported when every comparison holds, contradicted when "
+        "side, and is unclear otherwise (or with fewer than two pairs). The verdict is supported when every comparison holds, contradicted when "
         "any fails, and inconclusive otherwise.")
 
 
@@ -70,7 +71,7 @@ def judge(label: str, values: Sequence[float], sign: int, threshold: float = 0.0
     x = finite(values)
     lo, hi = bootstrap_ci(x)
     mean = float(x.mean()) if len(x) else math.nan
-    if len(x) == 0:
+    if len(x) < MIN_PAIRS:
         holds = "unclear"
     elif sign * (lo - threshold) > 0 and sign * (hi - threshold) > 0:
         holds = "holds"

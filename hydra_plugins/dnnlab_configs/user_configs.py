@@ -13,7 +13,8 @@ class DnnlabUserConfigs(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         from dnnlab.catalog import user_configs
 
-        if not any((e.path or "").endswith("dnnlab.conf") for e in search_path.get_path()):
+        # hydra.main names it pkg://dnnlab/conf, the compose API pkg://dnnlab.conf
+        if not any((e.path or "").replace("/", ".").endswith("dnnlab.conf") for e in search_path.get_path()):
             return
         folder = user_configs()
         if folder is not None:  # after the packaged configs: a packaged option keeps its name
