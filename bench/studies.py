@@ -2,8 +2,8 @@
 
     python bench/studies.py [--out docs] [--work studies-doc] [NAME ...]
 
-Each study runs as `dnnlab study NAME hydra.sweep.dir=WORK/NAME` would (re-running skips finished
-runs and re-reports); the page is generated from the reports, never written by hand.
+Each study runs as `dnnlab study NAME hydra.sweep.dir=WORK/NAME` would (with --work WORK again, finished
+runs are skipped and only re-reported); the page is generated from the reports, never written by hand.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="studies to run (default: every shipped one)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where studies.md and studies/ go")
-    parser.add_argument("--work", type=Path, default=Path("studies-doc"), help="the study folders")
+    parser.add_argument("--work", type=Path, help="where the study folders go (default: a fresh temporary folder, so "
+                                                    "every study runs and its wall time is measured)")
     args = parser.parse_args(argv)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="dnnlab-studies-"))
     images = args.out / "studies"
     images.mkdir(parents=True, exist_ok=True)
     sections, rows = [], []
