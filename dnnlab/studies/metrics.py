@@ -41,6 +41,10 @@ def ratio(pair: tuple[float, float] | None) -> float:
     return pair[0] / pair[1] if pair and pair[1] else math.nan
 
 
+def spread(pair: tuple[float, float] | None) -> float:
+    return abs(pair[1] - pair[0]) if pair else math.nan
+
+
 def log_drift(pair: tuple[float, float] | None) -> float:
     return abs(math.log10(pair[1] / pair[0])) if pair and pair[0] > 0 and pair[1] > 0 else math.nan
 
@@ -115,7 +119,7 @@ DERIVERS: dict[str, Callable[[RunMetrics], float]] = {
     "time_to_target": _time_to_target,
     "grad_ratio": lambda m: ratio(first_last(m.rows, "grad_norm")),
     "act_std_drift": lambda m: log_drift(first_last(m.rows, "act_std")),
-    "act_mean_drift": lambda m: abs((p := first_last(m.rows, "act_mean"))[1] - p[0]) if first_last(m.rows, "act_mean") else math.nan,
+    "act_mean_drift": lambda m: spread(first_last(m.rows, "act_mean")),
     "gap": _gap,
     "diverged": lambda m: float(m.status == "diverged"),
     "mc_minus_det_acc": lambda m: m.mc()["mc_dropout"]["acc"] - m.mc()["deterministic"]["acc"],

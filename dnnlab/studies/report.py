@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +166,9 @@ def plot(result: dict[str, Any], runs: dict[str, dict[int, RunMetrics]], path: P
             width = max(map(len, curves))
             grid = np.array([c + [math.nan] * (width - len(c)) for c in curves], dtype=float)
             epochs = np.arange(1, width + 1)
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean, low, high = np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
+            with warnings.catch_warnings():  # an epoch that no seed reached is NaN: a gap in the line
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, low, high = np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
             right.plot(epochs, mean, label=arm)
             right.fill_between(epochs, low, high, alpha=0.2)
     left.set_xticks(range(len(result["arms"])), list(result["arms"]), rotation=30, ha="right")
