@@ -58,6 +58,7 @@ class RunMetrics:
         self.summary = run.read_summary() if run.summary_path.exists() else {"status": "missing"}
         self.rows = run.read_metrics() if run.metrics_path.exists() else []
         self._cache: dict[str, Any] = {}
+        self.choices: dict[str, Any] = {}  # the run's config-group choices (.hydra/hydra.yaml), set by the report
 
     @property
     def status(self) -> str:

@@ -5,7 +5,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -28,7 +28,9 @@ def collect(folder: Path) -> tuple[Study, dict[str, dict[int, RunMetrics]], Any]
             hydra = OmegaConf.load(config.parent / "hydra.yaml")
             study, first = from_config(str(hydra.hydra.runtime.choices.get("study")), cfg), cfg
         if node.arm in study.arms:
-            runs.setdefault(str(node.arm), {})[int(cfg.seed)] = RunMetrics(config.parent.parent, cfg, study.target, study.mc_passes)
+            run = RunMetrics(config.parent.parent, cfg, study.target, study.mc_passes)
+            run.choices = dict(OmegaConf.load(config.parent / "hydra.yaml").hydra.runtime.choices)
+            runs.setdefault(str(node.arm), {})[int(cfg.seed)] = run
     if study is None:
         raise StudyError(f"{folder} holds no study runs (no <job>/.hydra/config.yaml with study.arm); give the folder "
                          f"`dnnlab study NAME` wrote, e.g. studies/activations/2026-12-01/10-00-00.")
@@ -66,20 +68,45 @@ def outcome(metric: str, label: str, of: str, o: stats.Outcome) -> dict[str, Any
             "mean": o.mean, "ci": list(o.ci), "holds": o.holds}
 
 
+def common(runs: dict[str, dict[int, RunMetrics]], value: Callable[[RunMetrics], str]) -> str:
+    """The value every run shares, or 'per arm: a=…, b=…' when the arms differ."""
+    per_arm = {arm: sorted({value(m) for m in seeds.values()}) for arm, seeds in runs.items() if seeds}
+    every = {v for values in per_arm.values() for v in values}
+    if len(every) <= 1:
+        return every.pop() if every else "—"
+    return "per arm: " + ", ".join(f"{arm}: {'/'.join(values)}" for arm, values in per_arm.items())
+
+
 def describe_setup(cfg: Any, study: Study, runs: dict[str, dict[int, RunMetrics]]) -> dict[str, str]:
-    """The data, model and budget the numbers were measured on."""
-    data = cfg.data
-    subset = [f"limit {data.limit}" if data.get("limit") else "", f"{data.train_fraction:g} of the training labels"
-              if data.get("train_fraction", 1.0) != 1.0 else ""]
-    model = cfg.model
-    shape = f", depth {model.depth} × width {model.width}" if "depth" in model else ""
+    """The data, model and budget the numbers were measured on (what the arms vary is named per arm)."""
+    def data(m: RunMetrics) -> str:
+        d = m.cfg.data
+        subset = [f"limit {d.limit}" if d.get("limit") else "",
+                  f"{d.train_fraction:g} of the training labels" if d.get("train_fraction", 1.0) != 1.0 else "",
+                  f"classes {list(d.classes)}" if d.get("classes") else ""]
+        return str(d.name) + "".join(f", {s}" for s in subset if s)
+
+    def shape(m: RunMetrics) -> str:
+        model = m.cfg.model
+        return str(model._target_).rsplit(".", 1)[-1] + (f" {model.depth}×{model.width}" if "depth" in model else "")
+
+    def choice(group: str) -> Callable[[RunMetrics], str]:
+        return lambda m: str(m.choices.get(group))
+
+    def optimizer(m: RunMetrics) -> str:
+        return f"{m.choices.get('optimizer')} lr {m.cfg.optimizer.lr:g}"
+
     wall = sum(m.summary.get("wall_s") or 0.0 for seeds in runs.values() for m in seeds.values())
     jobs = sum(len(seeds) for seeds in runs.values())
+    model = "; ".join(f"{what} {common(runs, how)}" for what, how in (
+        ("architecture", shape), ("initializer", choice("initializer")), ("activation", choice("activation")),
+        ("normalization", choice("normalization")), ("optimizer", optimizer), ("schedule", choice("schedule"))))
     return {
-        "data": str(data.name) + "".join(f", {s}" for s in subset if s),
-        "model": str(model._target_).rsplit(".", 1)[-1] + shape + f"; {cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}",
-        "budget": (f"{len(study.arms)} arms × {study.seeds} seeds, {cfg.trainer.epochs} epochs, batch {cfg.trainer.batch_size}; "
-                   f"{jobs} runs, {wall:.0f} s of training" + (f" (default budget: {study.budget})" if study.budget else "")),
+        "data": common(runs, data),
+        "model": model,
+        "budget": (f"{len(study.arms)} arms × {study.seeds} seeds, {common(runs, lambda m: str(m.cfg.trainer.epochs))} epochs, "
+                   f"batch {cfg.trainer.batch_size}; {jobs} runs, {wall:.0f} s of training"
+                   + (f" (default budget: {study.budget})" if study.budget else "")),
     }
 
 
