@@ -2,20 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 CONF = Path(__file__).parent / "conf"
+USER_MARK = "(yours) "
+
+
+def user_configs() -> Path | None:
+    """The user's config folder (`$DNNLAB_CONFIGS`, else ./configs) when it exists; Hydra searches it after dnnlab's."""
+    folder = Path(os.environ.get("DNNLAB_CONFIGS") or "configs").expanduser()
+    return folder.resolve() if folder.is_dir() else None
+
+
+def roots() -> list[Path]:
+    """The config folders: dnnlab's, then the user's."""
+    return [CONF, *filter(None, [user_configs()])]
 
 
 def groups() -> list[str]:
-    return sorted(p.name for p in CONF.iterdir() if p.is_dir())
+    return sorted({p.name for root in roots() for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))})
 
 
 def options(group: str) -> dict[str, str]:
-    """Option name → the first comment line of its YAML (the description)."""
-    found = {}
-    for path in sorted((CONF / group).glob("*.yaml")):
-        found[path.stem] = describe(path)
+    """Option name → the first comment line of its YAML (the description); the user's are marked."""
+    found: dict[str, str] = {}
+    for root in roots():
+        for path in sorted((root / group).glob("*.yaml")):
+            found.setdefault(path.stem, ("" if root == CONF else USER_MARK) + describe(path))
     return found
 
 

@@ -27,6 +27,7 @@ COMMANDS = {
     "lr-find": "dnnlab.lr_find:main",
     "eval": "dnnlab.evaluate:main",
     "export": "dnnlab.export:main",
+    "study": "dnnlab.studies:main",
 }
 
 USAGE = """usage: dnnlab [--debug] [--trust-config] COMMAND [ARGS]
@@ -38,6 +39,7 @@ commands:
   lr-find [OVERRIDES]      learning-rate range test: CSV + plot + suggested rate
   eval RUN [--mc-dropout N]  evaluate a run's best checkpoint on the test split
   export RUN --fold-bn     fold batch norm away for fast inference, measure latency
+  study list | NAME [OVERRIDES]  the guides' claims as studies: arms × seeds, CIs and a verdict
 
 runs:
   Ctrl-C or SIGTERM stops at the last finished epoch (exit 130/143; a second one exits at once), and
@@ -51,6 +53,7 @@ examples:
   dnnlab train resume=outputs/2026-11-23/14-25-02 trainer.epochs=40
   dnnlab train initializer=he_normal activation=elu normalization=batchnorm optimizer=nadam schedule=1cycle
   dnnlab train -m optimizer=sgd,nadam schedule=none,1cycle
+  dnnlab study activations study.seeds=5
 """
 
 

@@ -1,0 +1,194 @@
+"""`dnnlab study`: statistics on numbers with known answers, every shipped study in a quick form,
+re-runs that skip and re-report, a user's configs/ folder, and clear errors."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from dnnlab.catalog import CONF
+from dnnlab.studies import main, stats
+from dnnlab.studies.spec import StudyError
+
+SHIPPED = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+# Six or more runs even in the quick form: trained in the slow suite, composed and validated in the default one.
+LARGE = {"activations", "batchnorm", "optimizers", "schedules"}
+QUICK = ["trainer.epochs=1", "data.limit=300", "model.width=8"]
+ISSUE_STUDIES = {"vanishing_gradients", "activations", "initializers", "batchnorm", "optimizers", "schedules", "dropout",
+                 "mc_dropout", "max_norm_l2", "early_stopping", "selu", "clipping", "transfer", "pretraining", "bn_folding"}
+
+
+# ------------------------------------------------------------------------------ statistics
+def test_mean_ci_is_student_t():
+    mean, (lo, hi) = stats.mean_ci([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) · s / √n with s = 1
+    assert mean == 2.0 and lo == pytest.approx(2 - half) and hi == pytest.approx(2 + half)
+    assert stats.mean_ci([5.0, None, math.nan]) == (5.0, (5.0, 5.0))
+    assert all(math.isnan(x) for x in (stats.mean_ci([])[0], *stats.mean_ci([])[1]))
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    values = [0.1, 0.3, -0.2, 0.4, 0.25]
+    lo, hi = stats.bootstrap_ci(values)
+    assert (lo, hi) == stats.bootstrap_ci(values)  # reproducible reports
+    assert lo < sum(values) / len(values) < hi
+    assert stats.bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert stats.paired({0: 1.0, 1: 2.0, 2: None}, {0: 0.5, 1: 1.0, 2: 3.0, 3: 1.0}) == {0: 0.5, 1: 1.0}
+
+
+def test_verdict_rule():
+    holds = stats.judge("a > b", [0.02, 0.03, 0.01], sign=1)
+    fails = stats.judge("a > b", [-0.02, -0.03, -0.01], sign=1)
+    unclear = stats.judge("a > b", [0.05, -0.04, 0.01], sign=1)
+    lower = stats.judge("a < b", [-1.0, -2.0], sign=-1)
+    assert stats.judge("a > b", [0.5], sign=1).holds == "unclear"  # one seed says nothing
+    assert (holds.holds, fails.holds, unclear.holds, lower.holds) == ("holds", "fails", "unclear", "holds")
+    assert stats.judge("a > 1", [1.2, 1.3, 1.25], sign=1, threshold=1.0).holds == "holds"
+    assert stats.judge("a < 1e-4", [1e-6, 2e-6], sign=-1, threshold=1e-4).holds == "holds"
+    assert stats.verdict([holds, holds]) == "supported"
+    assert stats.verdict([holds, unclear]) == "inconclusive"
+    assert stats.verdict([holds, unclear, fails]) == "contradicted"
+    assert stats.verdict([]) == "inconclusive"
+
+
+# ------------------------------------------------------------------------- shipped studies
+def test_every_issue_study_is_shipped_with_claim_source_and_budget(capsys):
+    assert ISSUE_STUDIES <= set(SHIPPED)
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SHIPPED)
+    for name in SHIPPED:
+        text = (CONF / "study" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_\n# ") and "budget:" in text and "source:" in text
+
+
+def run_quick(name: str, folder, *overrides: str) -> dict:
+    assert main([name, *QUICK, *overrides, f"hydra.sweep.dir={folder}"]) in (0, 1)
+    return json.loads((folder / "study.json").read_text())
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n
+                                  for n in SHIPPED if n != "transfer"])  # transfer: its own test below
+def test_every_study_runs_in_a_quick_form(name, tmp_path):
+    result = run_quick(name, tmp_path / name, "study.seeds=1")
+    assert result["verdict"] in ("supported", "contradicted", "inconclusive")
+    assert set(result["arms"]) == set(result["status"])
+    assert all(len(seeds) == 1 for seeds in result["status"].values())
+    assert all(a["n"] <= 1 and set(a) >= {"n", "mean", "ci", "values"} for a in result["arms"].values())
+    assert result["comparisons"] and all(c["holds"] in ("holds", "fails", "unclear") for c in result["comparisons"])
+    md = (tmp_path / name / "study.md").read_text().splitlines()
+    assert md[2].startswith("- data: ") and md[3].startswith("- model: ") and md[4].startswith("- budget: ") and "× 1 seeds" in md[4]
+    assert (tmp_path / name / "study.png").stat().st_size > 10_000
+
+
+def test_large_studies_compose_and_validate_every_arm():
+    from dnnlab.studies.run import preflight
+    from dnnlab.studies.spec import load
+
+    for name in sorted(LARGE):
+        preflight(load(name, QUICK)[0], QUICK)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_study_pairs_two_seeds(name, tmp_path):
+    result = run_quick(name, tmp_path / name, "study.seeds=2")
+    assert all(len(seeds) == 2 for seeds in result["status"].values())
+
+
+def test_rerun_skips_finished_runs_and_rereports(tmp_path, capsys):
+    folder = tmp_path / "s"
+    first = run_quick("dropout", folder, "study.seeds=2")
+    assert {a: v["n"] for a, v in first["arms"].items()} == {"dropout": 2, "none": 2}
+    runs = sorted(folder.glob("*/summary.json"))
+    assert [p.parent.name for p in runs] == ["dropout-0", "dropout-1", "none-0", "none-1"]
+    stamps = {p: p.stat().st_mtime_ns for p in runs}
+    (folder / "study.json").unlink()
+    capsys.readouterr()
+    again = run_quick("dropout", folder, "study.seeds=2")
+    assert "skipped" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in runs} == stamps  # nothing trained again
+    assert again == first  # the same numbers give the same report (the bootstrap is seeded)
+    assert main(["dropout", "--report", str(folder)]) == 0
+    assert json.loads((folder / "study.json").read_text()) == first
+
+
+def test_two_stage_study_arms_reuse_the_stage_of_their_seed(tmp_path):
+    from omegaconf import OmegaConf
+
+    folder = tmp_path / "t"
+    result = run_quick("transfer", folder, "study.seeds=1")
+    assert all(states == {"0": "completed"} for states in result["status"].values())
+    assert (folder / "stages" / "source-0" / "checkpoints" / "best.pt").is_file()
+    cfg = OmegaConf.load(folder / "reused-0" / ".hydra" / "config.yaml")
+    assert cfg.model.pretrained == f"{folder}/stages/source-0" and cfg.study.arm == "reused"
+    assert OmegaConf.load(folder / "stages" / "source-0" / ".hydra" / "config.yaml").data.classes == [0, 1, 2, 3, 4]
+    assert "loaded" in (folder / "reused-0" / "train.log").read_text().lower()
+
+
+# ----------------------------------------------------------------------- a user's configs/
+USER_STUDY = """# @package _global_
+# my study: does a wider net help?
+study:
+  claim: "wider is better"
+  source: "me"
+  arms:
+    wide: [model.width=16]
+    narrow: [model.width=4]
+  expect: {better: wide, than: narrow}
+  seeds: 1
+"""
+
+
+def test_user_configs_folder_extends_groups(tmp_path, monkeypatch, capsys):
+    from dnnlab.api import compose
+    from dnnlab.catalog import main as list_main
+    from dnnlab.studies.spec import names
+
+    (tmp_path / "configs" / "study").mkdir(parents=True)
+    (tmp_path / "configs" / "experiment").mkdir()
+    (tmp_path / "configs" / "study" / "mine.yaml").write_text(USER_STUDY)
+    (tmp_path / "configs" / "experiment" / "tiny.yaml").write_text("# @package _global_\n# my tiny net\nmodel: {depth: 1, width: 5}\n")
+    monkeypatch.chdir(tmp_path)
+    assert compose(["experiment=tiny"]).model.width == 5
+    assert "mine" in names()
+    assert list_main(["study"]) == 0 and "(yours) my study" in capsys.readouterr().out
+    result = run_quick("mine", tmp_path / "out")
+    assert set(result["arms"]) == {"wide", "narrow"}
+    other = tmp_path / "elsewhere"
+    (other / "experiment").mkdir(parents=True)
+    (other / "experiment" / "env.yaml").write_text("# @package _global_\n# from the env\nmodel: {width: 6}\n")
+    monkeypatch.setenv("DNNLAB_CONFIGS", str(other))
+    assert compose(["experiment=env"]).model.width == 6
+
+
+def test_user_study_errors_are_clear(tmp_path, monkeypatch):
+    (tmp_path / "configs" / "study").mkdir(parents=True)
+    (tmp_path / "configs" / "study" / "bad.yaml").write_text(USER_STUDY.replace("than: narrow", "than: narow"))
+    (tmp_path / "configs" / "study" / "typo.yaml").write_text(USER_STUDY.replace("model.width=4", "model.widht=4"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StudyError, match="names the arm 'narow', which is not in study.arms. Did you mean narrow?"):
+        main(["bad"])
+    with pytest.raises(StudyError, match=r"arm narrow: .*model.widht is not a config key. Did you mean model.width"):
+        main(["typo", "hydra.sweep.dir=out"])
+    assert not (tmp_path / "out").exists()  # nothing written before the error
+
+
+# ------------------------------------------------------------------------------- errors
+def test_unknown_study_and_bad_overrides_exit_2_with_one_paragraph(tmp_path):
+    def dnnlab(*args):
+        return subprocess.run([sys.executable, "-m", "dnnlab.cli", "study", *args], capture_output=True, text=True, cwd=tmp_path)
+
+    result = dnnlab("activatons")
+    assert result.returncode == 2 and "There is no study 'activatons'. Did you mean activations?" in result.stderr
+    assert "Valid: " in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(StudyError, match="a study sweeps its own arms and seeds"):
+        main(["dropout", "optimizer=adam,sgd"])
+    with pytest.raises(StudyError, match="study.seeds=0 is not valid"):
+        main(["dropout", "study.seeds=0"])
+    with pytest.raises(StudyError, match="holds no study runs"):
+        main(["dropout", "--report", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
