@@ -74,13 +74,11 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
     config = folder / ".hydra" / "config.yaml" if folder is not None else None
     cfg = record.run_config(config if config is not None and config.is_file() else None,
                             load_checkpoint(checkpoint), checkpoint)
-    recorded = cfg.copy()
     OmegaConf.set_struct(cfg, True)
     if OmegaConf.select(cfg, "trainer.overwrite"):
         cfg.trainer.overwrite = False  # it said how the run started; continuing it moves nothing aside
     for override in schema.parse_overrides(overrides):
         apply_resume_override(cfg, override)
-    record.check_resume_values(recorded, cfg, checkpoint)
     with open_dict(cfg):
         cfg.resume = str(resume)
     return cfg

@@ -60,6 +60,7 @@ examples:
 def hydra_app(task, argv: list[str], prog: str) -> int:
     """Run `task(cfg)` as a Hydra app over `argv` (overrides and Hydra flags)."""
     import hydra
+    from hydra.core.hydra_config import HydraConfig
 
     app = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
     saved, sys.argv = sys.argv, [prog, *argv]
@@ -67,6 +68,7 @@ def hydra_app(task, argv: list[str], prog: str) -> int:
         app()
     finally:
         sys.argv = saved
+        HydraConfig.instance().cfg = None  # the app is over: a later dnnlab.train() in this process is not its job
     return 0
 
 

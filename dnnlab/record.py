@@ -49,21 +49,6 @@ def differences(recorded: DictConfig, other: DictConfig, other_name: str = "the 
             for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
 
 
-def check_resume_values(recorded: DictConfig, cfg: DictConfig, checkpoint: Path) -> None:
-    """ConfigError when resume='s overrides change what the checkpoint's weights mean (its later
-    checkpoints and its earlier best.pt would then describe different models).
-
-    `model.*` is left to the restore, which names the layers whose weights no longer fit.
-    """
-    problems = [p for p in differences(recorded, cfg, "the overrides") if not p.startswith("model.")]
-    if problems:
-        raise ConfigError(
-            f"resume= continues the weights of {checkpoint} as the model and data they were trained as, so it cannot "
-            f"change {'; '.join(problems)}. Resume without those overrides, or start a new run from its weights "
-            f"(model.pretrained=RUN)."
-        )
-
-
 def run_config(folder_config: Path | None, state: dict[str, Any], checkpoint: Path) -> DictConfig:
     """The config to rebuild `checkpoint`'s model with: its own (resolved at training time), checked
     against the folder's `.hydra/config.yaml`; the folder's for a checkpoint that carries none."""

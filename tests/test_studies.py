@@ -126,7 +126,7 @@ def test_two_stage_study_arms_reuse_the_stage_of_their_seed(tmp_path):
     cfg = OmegaConf.load(folder / "reused-0" / ".hydra" / "config.yaml")
     assert cfg.model.pretrained == f"{folder}/stages/source-0" and cfg.study.arm == "reused"
     assert OmegaConf.load(folder / "stages" / "source-0" / ".hydra" / "config.yaml").data.classes == [0, 1, 2, 3, 4]
-    assert "loaded" in (folder / "reused-0" / "train.log").read_text().lower()
+    assert "reused hidden1.linear" in (folder / "reused-0" / "train.log").read_text()
 
 
 # ----------------------------------------------------------------------- a user's configs/
