@@ -40,14 +40,15 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
 
 
 def test_verdict_rule():
-    holds = stats.judge("a > b", [0.02, 0.03, 0.01], sign=1)
-    fails = stats.judge("a > b", [-0.02, -0.03, -0.01], sign=1)
-    unclear = stats.judge("a > b", [0.05, -0.04, 0.01], sign=1)
-    lower = stats.judge("a < b", [-1.0, -2.0], sign=-1)
+    holds = stats.judge("a > b", [0.02, 0.03, 0.01, 0.025, 0.015], sign=1)
+    fails = stats.judge("a > b", [-0.02, -0.03, -0.01, -0.025, -0.015], sign=1)
+    unclear = stats.judge("a > b", [0.05, -0.04, 0.01, -0.02, 0.03], sign=1)
+    lower = stats.judge("a < b", [-1.0, -2.0, -1.5, -1.2, -1.8], sign=-1)
     assert stats.judge("a > b", [0.5], sign=1).holds == "unclear"  # one seed says nothing
+    assert stats.judge("a > b", [0.02, 0.03, 0.01], sign=1).holds == "unclear"  # three agree by chance 1 time in 4
     assert (holds.holds, fails.holds, unclear.holds, lower.holds) == ("holds", "fails", "unclear", "holds")
-    assert stats.judge("a > 1", [1.2, 1.3, 1.25], sign=1, threshold=1.0).holds == "holds"
-    assert stats.judge("a < 1e-4", [1e-6, 2e-6], sign=-1, threshold=1e-4).holds == "holds"
+    assert stats.judge("a > 1", [1.2, 1.3, 1.25, 1.22, 1.28], sign=1, threshold=1.0).holds == "holds"
+    assert stats.judge("a < 1e-4", [1e-6, 2e-6, 3e-6, 1e-6, 2e-6], sign=-1, threshold=1e-4).holds == "holds"
     assert stats.verdict([holds, holds]) == "supported"
     assert stats.verdict([holds, unclear]) == "inconclusive"
     assert stats.verdict([holds, unclear, fails]) == "contradicted"
