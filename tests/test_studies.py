@@ -117,6 +117,15 @@ def test_rerun_skips_finished_runs_and_rereports(tmp_path, capsys):
     assert json.loads((folder / "study.json").read_text()) == first
 
 
+def test_a_study_writes_a_self_contained_report_html(tmp_path):
+    folder = tmp_path / "s"
+    result = run_quick("dropout", folder, "study.seeds=2")
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "http://" not in page and "https://" not in page
+    assert all(f">{arm}<" in page for arm in result["arms"]) and f"Verdict: {result['verdict']}" in page
+    assert result["rule"].split(" (")[0] in page
+
+
 def test_two_stage_study_arms_reuse_the_stage_of_their_seed(tmp_path):
     from omegaconf import OmegaConf
 

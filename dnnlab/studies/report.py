@@ -174,6 +174,27 @@ def markdown(result: dict[str, Any], image: str = "study.png", level: str = "#")
     ]) + "\n"
 
 
+def html_sections(result: dict[str, Any], image: Path) -> list[Any]:
+    """report.html's sections: the same content as study.md, with tables sortable by their means."""
+    from dnnlab.report_html import Cell, Image, Items, Paragraph, Row, Section, Table
+
+    header, rows = arm_rows(result)
+    arms = [Row([Cell(r[0], r[0]), Cell(r[1], result["arms"][r[0]]["n"]),
+                 *(Cell(text, result["metrics"][m][r[0]]["mean"]) for text, m in zip(r[2:], result["metrics"]))])
+            for r in rows]
+    claims_header, claims = comparison_rows(result)
+    compared = [Row([*r[:3], Cell(r[3], c["mean"]), *r[4:]]) for r, c in zip(claims, result["comparisons"])]
+    return [
+        Section("Setup", [Items([("data", result["data"]), ("model", result["model"]), ("budget", result["budget"])]),
+                          Items([("claim", result["claim"]), ("source", result["source"]),
+                                 ("expected", "; ".join(result["expect"]))])]),
+        Section("Per arm: mean [95 % CI over seeds, Student t]", [Table(header, arms)]),
+        Section("Claimed comparisons", [Table(claims_header, compared)]),
+        Section(f"Verdict: {result['verdict']}", [Paragraph(f"On this data and budget, nothing more. Rule: {result['rule']}")]),
+        Section("Plot", [Image(image)]),
+    ]
+
+
 def plot(result: dict[str, Any], runs: dict[str, dict[int, RunMetrics]], path: Path) -> Path:
     """Left: each arm's metric per seed with mean and CI. Right: validation accuracy per epoch, mean and min–max band."""
     from matplotlib.figure import Figure
@@ -226,9 +247,10 @@ def rich_tables(result: dict[str, Any]) -> list[Any]:
 
 
 def write(folder: str | Path) -> dict[str, Any]:
-    """Write study.json, study.md and study.png into `folder` and print the tables; returns study.json's content."""
+    """Write study.json, study.md, report.html and study.png into `folder` and print the tables; returns study.json's content."""
     from dnnlab.console import console
     from dnnlab.evaluate import json_safe
+    from dnnlab.report_html import write_html
     from dnnlab.rundir import atomic_write
 
     folder = Path(folder)
@@ -239,6 +261,7 @@ def write(folder: str | Path) -> dict[str, Any]:
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
     atomic_write(folder / "study.json", lambda f: f.write(text), mode="w")
     atomic_write(folder / "study.md", lambda f: f.write(markdown(result)), mode="w")
+    write_html(folder / "report.html", f"study {result['study']}: {result['verdict']}", html_sections(result, folder / "study.png"))
     console.print(f"data: {result['data']}\nmodel: {result['model']}\nbudget: {result['budget']}")
     for table in rich_tables(result):
         console.print(table)
