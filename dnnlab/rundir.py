@@ -14,13 +14,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken, writing
 from dnnlab.hooks import Hook
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _torch():
+    """torch, imported on first use: `dnnlab report` reads run folders without it (≈2 s of start-up)."""
+    import torch
+
+    return torch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 TEMP_SUFFIX = ".tmp"  # atomic_write's temp files: .<name>.<random>.tmp beside the target
@@ -218,7 +227,7 @@ class RunDir:
         keeps = (f"A checkpoint is replaced only once whole, so {self.path} keeps the last complete one, if any: "
                  f"free space, then continue with dnnlab train resume={self.path}.")
         with writing(self.checkpoint_path(name), after=keeps):
-            atomic_write(self.checkpoint_path(name), lambda f: torch.save(state, f))
+            atomic_write(self.checkpoint_path(name), lambda f: _torch().save(state, f))
 
     def copy_checkpoint(self, source: str, target: str) -> None:
         """Make `target` hold what `source` holds now, atomically: a hard link, no second serialization.
@@ -288,7 +297,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     import pickle
 
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = _torch().load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"The checkpoint {path} does not exist.") from None
     except pickle.UnpicklingError as error:
@@ -369,7 +378,7 @@ def find_checkpoint(resume: str | os.PathLike) -> Path:
 def checkpoint_epoch(path: Path) -> int:
     """The epoch a checkpoint holds, -1 if it cannot be read (mmap: the tensors are not read)."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        return int(_torch().load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     except Exception:
         return -1
 
