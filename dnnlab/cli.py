@@ -398,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     module, func = COMMANDS[command].split(":")
     try:
         return getattr(importlib.import_module(module), func)(rest) or 0
+    except BrokenPipeError:  # `dnnlab … | head`: the reader has gone; stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as stop:  # Interrupted after training left last.pt; a bare one before training began
         if getattr(stop, "exit_code", None) is None:
             print("dnnlab: interrupted.", file=sys.stderr)

@@ -38,6 +38,11 @@ def _block(
     return nn.Sequential(OrderedDict(parts))
 
 
+# What api.build_model gives every architecture from the data and the other groups; the rest of its
+# parameters are the `model` node's keys.
+BUILT_ARGS = ("input_shape", "n_classes", "activation", "norm", "norm_position", "dropout")
+
+
 def mlp(
     input_shape: tuple[int, ...],
     n_classes: int,

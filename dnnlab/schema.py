@@ -309,6 +309,9 @@ def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str |
     base = OmegaConf.load(CONF / "config.yaml")
     own_groups = [p.name for p in Path(config_dir).expanduser().iterdir() if p.is_dir()] if config_dir else []
     known = {"": {*map(str, base), *groups(), *own_groups, "hydra"}, "trainer": set(map(str, base.trainer))}
+    model = model_keys(cfg)
+    if model is not None:
+        known["model"] = model
     added = {o.key_or_group for o in parse_overrides(overrides) if o.is_add() or o.is_force_add()}
     problems = []
     for parent, keys in known.items():
@@ -321,6 +324,24 @@ def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str |
     if problems:
         raise ConfigError(f"A config file sets a key that nothing reads: {'; '.join(problems)}. "
                           f"Fix the key in your config file (`dnnlab train --cfg job` shows the whole config).")
+
+
+def model_keys(cfg: DictConfig) -> set[str] | None:
+    """The keys `model` may hold: its architecture function's parameters and the transfer keys (None: any)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    from dnnlab.models import BUILT_ARGS
+    from dnnlab.transfer import TRAINING_KEYS
+
+    try:
+        parameters = inspect.signature(get_method(str(OmegaConf.select(cfg, "model._target_")))).parameters
+    except Exception:  # no target, or one that does not import: instantiate reports it
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return {*parameters, *TRAINING_KEYS, "_target_", "_partial_"} - set(BUILT_ARGS)
 
 
 def hydra_session() -> Any:

@@ -141,14 +141,14 @@ def test_two_stage_study_arms_reuse_the_stage_of_their_seed(tmp_path):
 
 # ----------------------------------------------------------------------- a user's configs/
 USER_STUDY = """# @package _global_
-# my study: does a wider net help?
+# my study: does a second layer help?
 study:
-  claim: "wider is better"
+  claim: "a second hidden layer helps"
   source: "me"
   arms:
-    wide: [model.width=16]
-    narrow: [model.width=4]
-  expect: {better: wide, than: narrow}
+    deep: [model.depth=2]
+    shallow: [model.depth=1]
+  expect: {better: deep, than: shallow}
   seeds: 1
 """
 
@@ -167,7 +167,7 @@ def test_user_configs_folder_extends_groups(tmp_path, monkeypatch, capsys):
     assert "mine" in names()
     assert list_main(["study"]) == 0 and "(yours) my study" in capsys.readouterr().out
     result = run_quick("mine", tmp_path / "out")
-    assert set(result["arms"]) == {"wide", "narrow"}
+    assert set(result["arms"]) == {"deep", "shallow"}
     other = tmp_path / "elsewhere"
     (other / "experiment").mkdir(parents=True)
     (other / "experiment" / "env.yaml").write_text("# @package _global_\n# from the env\nmodel: {width: 6}\n")
@@ -177,14 +177,47 @@ def test_user_configs_folder_extends_groups(tmp_path, monkeypatch, capsys):
 
 def test_user_study_errors_are_clear(tmp_path, monkeypatch):
     (tmp_path / "configs" / "study").mkdir(parents=True)
-    (tmp_path / "configs" / "study" / "bad.yaml").write_text(USER_STUDY.replace("than: narrow", "than: narow"))
-    (tmp_path / "configs" / "study" / "typo.yaml").write_text(USER_STUDY.replace("model.width=4", "model.widht=4"))
+    (tmp_path / "configs" / "study" / "bad.yaml").write_text(USER_STUDY.replace("than: shallow", "than: shalow"))
+    (tmp_path / "configs" / "study" / "typo.yaml").write_text(USER_STUDY.replace("model.depth=1", "model.depht=1"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StudyError, match="names the arm 'narow', which is not in study.arms. Did you mean narrow?"):
+    with pytest.raises(StudyError, match="names the arm 'shalow', which is not in study.arms. Did you mean shallow?"):
         main(["bad"])
-    with pytest.raises(StudyError, match=r"arm narrow: .*model.widht is not a config key. Did you mean model.width"):
+    with pytest.raises(StudyError, match=r"arm shallow: .*model.depht is not a config key. Did you mean model.depth"):
         main(["typo", "hydra.sweep.dir=out"])
     assert not (tmp_path / "out").exists()  # nothing written before the error
+
+
+def test_a_user_study_naming_no_metric_is_refused_before_training(tmp_path, monkeypatch):
+    (tmp_path / "configs" / "study").mkdir(parents=True)
+    (tmp_path / "configs" / "study" / "m.yaml").write_text(USER_STUDY + "  metric: tset_acc\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StudyError, match="the metric 'tset_acc' is neither .* Did you mean test_acc?"):
+        main(["m", "hydra.sweep.dir=out"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_override_of_what_the_arms_vary_is_refused(tmp_path):
+    with pytest.raises(StudyError, match="activation=relu: the arms of study activations set activation themselves"):
+        main(["activations", "activation=relu", f"hydra.sweep.dir={tmp_path / 'out'}"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_list_shows_every_readable_study_and_names_the_broken_ones(tmp_path, monkeypatch, capsys):
+    (tmp_path / "configs" / "study").mkdir(parents=True)
+    (tmp_path / "configs" / "study" / "good.yaml").write_text(USER_STUDY)
+    (tmp_path / "configs" / "study" / "arms.yaml").write_text(USER_STUDY.replace("than: shallow", "than: c"))
+    (tmp_path / "configs" / "study" / "yaml.yaml").write_text(USER_STUDY + "  arms: [\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 2
+    out, err = capsys.readouterr()
+    assert "good (yours): a second hidden layer helps" in out and "activations: " in out
+    assert "arms.yaml" in err and "yaml.yaml" in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_a_listing_quietly(tmp_path):
+    shell = f"{sys.executable} -m dnnlab.cli study list | head -1"
+    result = subprocess.run(shell, shell=True, capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.startswith("activations: ") and result.stderr == ""
 
 
 # ------------------------------------------------------------------------------- errors
@@ -202,3 +235,15 @@ def test_unknown_study_and_bad_overrides_exit_2_with_one_paragraph(tmp_path):
     with pytest.raises(StudyError, match="holds no study runs"):
         main(["dropout", "--report", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_misspelt_model_key_in_a_user_experiment_is_one_paragraph(tmp_path, monkeypatch, capsys):
+    from dnnlab.cli import main as cli_main
+
+    (tmp_path / "configs" / "experiment").mkdir(parents=True)
+    (tmp_path / "configs" / "experiment" / "ybad.yaml").write_text("# @package _global_\nmodel: {depht: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["train", "experiment=ybad", *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "model.depht is not a config key. Did you mean model.depth?" in err and "input_shape" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]  # nothing written

@@ -21,14 +21,21 @@ def list_studies() -> int:
     from omegaconf import OmegaConf
 
     from dnnlab.catalog import roots
+    from dnnlab.errors import one_line
     from dnnlab.studies.spec import from_config, names
 
+    broken = 0
     for name in names():
         path = next(root / "study" / f"{name}.yaml" for root in roots() if (root / "study" / f"{name}.yaml").is_file())
-        study = from_config(name, OmegaConf.load(path))
         mark = " (yours)" if not path.is_relative_to(roots()[0]) else ""
+        try:
+            study = from_config(name, OmegaConf.load(path))
+        except Exception as error:  # a user's file that is not valid YAML or not a valid study
+            broken += 1
+            print(f"dnnlab: error: {path}: {one_line(error)}", file=sys.stderr)
+            continue
         print(f"{name}{mark}: {study.claim} [{study.source}]")
-    return 0
+    return 2 if broken else 0
 
 
 def main(argv: list[str]) -> int:

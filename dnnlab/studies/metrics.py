@@ -131,6 +131,10 @@ DERIVERS: dict[str, Callable[[RunMetrics], float]] = {
 
 
 DERIVED = tuple(DERIVERS)
+# summary.json's numbers a study may name as its metric (written by Trainer.finish and the run-folder hook).
+SUMMARY_METRICS = ("test_acc", "test_loss", "best_val_acc", "best_val_loss", "best_epoch", "final_train_acc",
+                   "final_train_loss", "final_val_acc", "final_val_loss", "epochs", "steps", "wall_s", "diag_s",
+                   "n_params", "diverged_epoch", "diverged_step")
 
 
 def default_mode(metric: str) -> str:

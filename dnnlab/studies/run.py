@@ -50,6 +50,21 @@ def check_overrides(overrides: Sequence[str]) -> None:
                              f"the number of seeds, or edit study.arms in a copy of the study (configs/study/).")
 
 
+def check_arms_kept(study: Study, overrides: Sequence[str]) -> None:
+    """A user override of a key that the arms set would make every arm the same: refuse it."""
+    from dnnlab.schema import parse_overrides
+
+    varied = {o.key_or_group.lstrip("+~"): arm for arm, lines in study.arms.items() for o in parse_overrides(lines)}
+    for override in parse_overrides(overrides):
+        key = override.key_or_group.lstrip("+~")
+        clash = next((k for k in varied if k == key or k.startswith(key + ".") or key.startswith(k + ".")), None)
+        if clash is not None:
+            raise StudyError(f"{override.input_line}: the arms of study {study.name} set {clash} themselves (e.g. arm "
+                             f"{varied[clash]}), and an override applies to every arm after its own, so every arm would "
+                             f"train the same and the comparison would be of nothing. Drop it, or copy the study into "
+                             f"configs/study/ and change its arms.")
+
+
 def option(arm: str, overrides: Sequence[str], folder: Path, stages: Sequence[str]) -> str:
     """The `study_arm` option for one arm: its group overrides in the defaults list, its values in the body."""
     from dnnlab.catalog import groups
@@ -104,7 +119,10 @@ def preflight(study: Study, user: Sequence[str]) -> None:
     jobs = [("arm", n, o) for n, o in study.arms.items()] + [("stage", n, o) for n, o in study.stages.items()]
     for kind, name, overrides in jobs:
         try:
-            schema.validate(compose([f"study={study.name}", *(o for o in overrides if "stage:" not in o), *plain]))
+            job = [f"study={study.name}", *(o for o in overrides if "stage:" not in o), *plain]
+            cfg = compose(job)
+            schema.validate(cfg)
+            schema.check_file_keys(cfg, job)
         except ConfigError as error:
             raise StudyError(f"study {study.name}, {kind} {name}: {error}") from None
 
@@ -123,6 +141,7 @@ def run(name: str, overrides: Sequence[str]) -> tuple[Path, int]:
     check_overrides([o for o in overrides if not o.startswith("hydra.sweep.dir=")])
     folder, user = sweep_dir(name, overrides)
     study, _ = load(name, user)
+    check_arms_kept(study, user)
     with tempfile.TemporaryDirectory() as scratch:
         write_options(study, folder, Path(scratch))  # every arm converts to an option
     preflight(study, user)

@@ -7,7 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import UserError, did_you_mean
-from dnnlab.studies.metrics import default_mode
+from dnnlab.studies.metrics import DERIVED, SUMMARY_METRICS, default_mode
 
 KINDS = ("order", "better", "above", "below")
 
@@ -80,9 +80,15 @@ def from_config(name: str, cfg: DictConfig) -> Study:
     mode = spec.get("mode") or default_mode(metric)
     raw = spec["expect"] if isinstance(spec["expect"], list) else [spec["expect"]]
     expect = [expectation(where, e, metric, mode, list(arms)) for e in raw]
+    also = list(spec.get("also") or [])
+    for named in dict.fromkeys([metric, *(e.metric for e in expect), *also]):
+        if named not in SUMMARY_METRICS and named not in DERIVED:
+            valid = [*SUMMARY_METRICS, *DERIVED]
+            raise StudyError(f"{where}: the metric {named!r} is neither a summary.json number nor a derived metric, so "
+                             f"every arm would train for nothing.{did_you_mean(named, valid)} Valid: {', '.join(valid)}.")
     return Study(name=name, claim=str(spec["claim"]), source=str(spec["source"]), arms={k: list(v) for k, v in arms.items()},
                  expect=expect, metric=metric, seeds=seeds, stages={k: list(v) for k, v in stages.items()},
-                 also=list(spec.get("also") or []), budget=str(spec.get("budget") or ""),
+                 also=also, budget=str(spec.get("budget") or ""),
                  target=spec.get("target"), mc_passes=int(spec.get("mc_passes") or 30))
 
 
