@@ -732,6 +732,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     status = Console(stderr=True)
+    if len(args.paths) == 1 and (Path(args.paths[0]) / ".study").is_dir() and args.out is None and args.format is None:
+        from dnnlab.studies import report as study_report
+
+        study_report.write(args.paths[0])  # a study's report: its verdict and comparisons, not a sweep table
+        return 0
     try:
         runs, any_sweep = collect(args.paths)
     except ReportError as error:

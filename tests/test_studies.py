@@ -124,6 +124,11 @@ def test_a_study_writes_a_self_contained_report_html(tmp_path):
     assert page.count("data:image/png;base64,") == 1 and "http://" not in page and "https://" not in page
     assert all(f">{arm}<" in page for arm in result["arms"]) and f"Verdict: {result['verdict']}" in page
     assert result["rule"].split(" (")[0] in page
+    (folder / "report.html").unlink()
+    from dnnlab.report import main as report_main
+
+    assert report_main([str(folder)]) == 0  # dnnlab report on a study folder is the study's report
+    assert f"Verdict: {result['verdict']}" in (folder / "report.html").read_text()
 
 
 def test_two_stage_study_arms_reuse_the_stage_of_their_seed(tmp_path):
