@@ -206,6 +206,7 @@ RESUME_MAY_CHANGE = (
     "resume", "trainer.epochs", "trainer.device", "trainer.threads", "trainer.progress", "trainer.diagnostics",
     "trainer.eval_batch_size", "trainer.compile", "trainer.cuda_graph", "trainer.channels_last",
     "optimizer.implementation", "data.root", "data.download",
+    "trainer.overwrite",  # how the run's folder was claimed at its start; a resume claims nothing
 )
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -318,6 +319,11 @@ def check_output_dir(cfg: Any, multirun: bool) -> None:
     from dnnlab.errors import ConfigError, StorageError
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+    if multirun and str(Path(str(subdir or "."))) == ".":
+        raise ConfigError(f"hydra.sweep.subdir={subdir!r} puts every job of the sweep into one folder, where each would "
+                          f"refuse or mix with the others' runs. Give each its own, e.g. hydra.sweep.subdir=${{hydra.job.num}} "
+                          f"(the default).")
     raw = OmegaConf.to_container(OmegaConf.select(cfg, key.rpartition(".")[0]), resolve=False)["dir"]
     try:
         folder = Path(str(OmegaConf.select(cfg, key))).expanduser().absolute()
@@ -334,6 +340,12 @@ def check_output_dir(cfg: Any, multirun: bool) -> None:
     if not os.access(existing, os.W_OK):
         raise StorageError(f"Cannot make the run folder {folder}: {existing} is not writable (a read-only file system "
                            f"or not yours). Run from a writable folder, or set {key}=A_WRITABLE_FOLDER.")
+    try:  # the sure test: os.access says yes to root, whom /proc still refuses; the probe folder is removed
+        os.rmdir(tempfile.mkdtemp(prefix=".dnnlab-probe-", dir=existing))
+    except OSError as error:
+        raise StorageError(f"Cannot make the run folder {folder}: {existing} refuses new folders ({error.strerror}: "
+                           f"a read-only or special file system, or not yours). Run from a writable folder, or set "
+                           f"{key}=A_WRITABLE_FOLDER.") from None
 
 
 def special_flags(args: Any) -> bool:

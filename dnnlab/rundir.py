@@ -43,10 +43,10 @@ OWN_TEMP_FILES = {
 }
 # A folder holding any of these holds a run: a new run there would mix with it.
 RUN_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
-# Everything dnnlab writes into a run folder (train, eval, export, lr-find, report's report.md and *.png):
+# Everything dnnlab writes into a run folder (train, eval, export, lr-find, report's report.md/.html and *.png):
 # what trainer.overwrite=true moves aside.
 RUN_ENTRIES = (".hydra", *RUN_MARKERS, "train.log", "tensorboard", "eval.json", "export.json", "export",
-               "report.md", "lr_find.csv", "lr_find.json", "lr_find.png")
+               "report.md", "report.html", "lr_find.csv", "lr_find.json", "lr_find.png")
 # Keys a checkpoint must hold for `resume=` to continue a run exactly.
 RESUME_KEYS = ("model", "optimizer", "schedule", "epoch", "step", "rng", "hooks")
 

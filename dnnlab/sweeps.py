@@ -137,9 +137,8 @@ def plan_job(job_dir: Path, depth: int, cfg: DictConfig) -> Plan:
     """
     want = job_identity(cfg)
     own = RunDir(job_dir)
-    sweep_dir = job_dir.parents[depth - 1]
-    candidates = [job_dir, *(p for p in sorted(sweep_dir.glob("/".join(["*"] * depth)))
-                             if p != job_dir and p.is_dir())]
+    siblings = sorted(job_dir.parents[depth - 1].glob("/".join(["*"] * depth))) if depth else []  # subdir=.: none
+    candidates = [job_dir, *(p for p in siblings if p != job_dir and p.is_dir())]
     matches = [(folder, status) for folder in candidates
                if (status := previous_status(RunDir(folder))) is not None and folder_identity(RunDir(folder)) == want]
     if matches:
