@@ -19,10 +19,10 @@ from dnnlab import acceleration, record, schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import logger_hooks, observer_hooks
 from dnnlab.hooks import Hook
-from dnnlab.models import check_self_normalizing
+from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing
 from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
-from dnnlab.regularization import Regularizer
+from dnnlab.regularization import Regularizer, constraints, penalties
 from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
 from dnnlab.rundir import (
     RunDir, RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
@@ -145,7 +145,7 @@ def build_model(cfg: DictConfig, data: Splits, regularizers: Sequence[Regularize
         dropout=dropouts[0] if dropouts else None,
     )
     instantiate(cfg.initializer)(model)
-    transfer.apply(model, cfg)  # model.pretrained / model.freeze
+    transfer.apply(model, cfg.model, cfg.data)  # model.pretrained / model.freeze
     return model
 
 
@@ -279,7 +279,7 @@ def check_last_batch(model: nn.Module, n: int, batch_size: int) -> None:
 def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = (), data: Splits | None = None) -> Trainer:
     """Everything `train` builds, wired together but not yet run; `data` replaces cfg.data's (benchmarks)."""
     seed_everything(cfg.seed)
-    check_self_normalizing(cfg)
+    check_self_normalizing(**{group: cfg[group] for group in SELF_NORMALIZING_GROUPS})
     device = pick_device(cfg.trainer.device)
     task = build_task(cfg.model)
     raw = data if data is not None else load_data(cfg.data)
@@ -295,12 +295,12 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
     hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
     hooks.append(record.DataFingerprint(raw, cfg.data.get("root")))  # in every checkpoint; checked on resume
-    hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts: before RunFolderHook
+    hooks.extend(observer_hooks(run, cfg.trainer.diagnostics, cfg.activation.family, cfg.seed))  # diagnostics, health verdicts: before RunFolderHook
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
     hooks.extend(logger_hooks(cfg, run))  # after it: the logger sees the finished summary
     hooks.extend(extra_hooks)
     return Trainer(
-        model, data, optimizer, clipper, schedule, regularizers, hooks,
+        model, data, optimizer, clipper, schedule, penalties(regularizers), constraints(regularizers), hooks,
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, seed=cfg.seed,
         loss_fn=task.loss_fn, score_fn=task.score_fn,

@@ -189,7 +189,7 @@ class DiagnosticsHook(Hook):
         return stats
 
 
-def observer_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
+def observer_hooks(run: RunDir, diagnostics: bool, activation_family: str, seed: int) -> list[Hook]:
     """Diagnostics (unless `trainer.diagnostics=false`) and health verdicts.
 
     They must come before the run folder's hook so that their keys are in the rows it writes.
@@ -197,8 +197,8 @@ def observer_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
     from dnnlab.health import HealthHook
 
     hooks: list[Hook] = []
-    if cfg.trainer.diagnostics:
-        hooks.append(DiagnosticsHook(cfg.activation.family, seed=cfg.seed))
+    if diagnostics:
+        hooks.append(DiagnosticsHook(activation_family, seed=seed))
     hooks.append(HealthHook(run))
     return hooks
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +27,10 @@ def weight_tensors(model: nn.Module, hidden_only: bool = False) -> list[torch.Te
 
 
 class Regularizer:
-    """A regularizer; the trainer calls the methods that apply."""
+    """A regularizer; it declares where it acts (`adds_penalty`, `constrains`), so no one sniffs its methods."""
+
+    adds_penalty = False  # `penalty` adds a term to the loss
+    constrains = False  # `constrain` acts on the model after every optimizer step
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor | None:
         return None
@@ -39,8 +42,20 @@ class Regularizer:
         return None
 
 
+def penalties(regularizers: Sequence[Regularizer]) -> list[Callable[[list[torch.Tensor]], torch.Tensor]]:
+    """The loss terms of the regularizers that add one (the trainer's `penalties`)."""
+    return [r.penalty for r in regularizers if r.adds_penalty]
+
+
+def constraints(regularizers: Sequence[Regularizer]) -> list[Callable[[nn.Module], None]]:
+    """The after-step constraints of the regularizers that have one (the trainer's `constraints`)."""
+    return [r.constrain for r in regularizers if r.constrains]
+
+
 class L1(Regularizer):
     """λ·Σ|w| over all weights (biases excluded)."""
+
+    adds_penalty = True
 
     def __init__(self, weight: float = 1e-5):
         self.weight = weight
@@ -51,6 +66,8 @@ class L1(Regularizer):
 
 class L2(Regularizer):
     """λ·Σw² over all weights (biases excluded), as Keras' `regularizers.l2`."""
+
+    adds_penalty = True
 
     def __init__(self, weight: float = 1e-4):
         self.weight = weight
@@ -78,6 +95,8 @@ class AlphaDropout(Dropout):
 
 class MaxNorm(Regularizer):
     """After every step, rescale each hidden unit's incoming weight vector (a row) to norm ≤ r."""
+
+    constrains = True
 
     def __init__(self, r: float = 3.0):
         self.r = r
