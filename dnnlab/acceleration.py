@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from dnnlab.errors import one_line
+from dnnlab.errors import ConfigError, one_line
 from dnnlab.schema import COMPILE_MODES
 
 log = logging.getLogger("dnnlab")
@@ -49,7 +49,7 @@ def autocast(device: torch.device, precision: str, cache: bool = True) -> Callab
     autocast weight-cast cache off, since cached casts would be freed between replays.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"trainer.precision={precision!r} is not valid; use {', '.join(PRECISIONS)}")
+        raise ConfigError(f"trainer.precision={precision!r} is not valid; use {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext
@@ -64,7 +64,7 @@ def compile_mode(value: bool | str) -> str | None:
     if value is True:
         return "default"
     if value not in COMPILE_MODES:
-        raise ValueError(f"trainer.compile={value!r} is not valid; use false, true or one of {', '.join(COMPILE_MODES)}")
+        raise ConfigError(f"trainer.compile={value!r} is not valid; use false, true or one of {', '.join(COMPILE_MODES)}")
     return value
 
 

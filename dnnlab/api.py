@@ -117,10 +117,10 @@ def pick_device(name: str, option: str = "trainer.device=") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
-        raise ValueError(f"{option}{name!r} is not valid; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{option}{name!r} is not valid; use auto, cpu, cuda or cuda:N")
     index = int(name.partition(":")[2] or 0)
     if name.startswith("cuda") and index >= torch.cuda.device_count():
-        raise ValueError(f"{option}{name} but this machine shows {torch.cuda.device_count()} CUDA GPU(s); "
+        raise ConfigError(f"{option}{name} but this machine shows {torch.cuda.device_count()} CUDA GPU(s); "
                          f"use {option}auto or {option}cpu")
     return torch.device(name)
 
@@ -133,7 +133,7 @@ def build_model(cfg: DictConfig, data: Splits, regularizers: Sequence[Regularize
     """The configured architecture with its activation, normalization, dropout and initializer."""
     dropouts = [r.dropout_layer for r in regularizers if r.dropout_layer() is not None]
     if len(dropouts) > 1:
-        raise ValueError("regularization lists both dropout and alpha_dropout; choose one")
+        raise ConfigError("regularization lists both dropout and alpha_dropout; choose one")
     norm = cfg.normalization
     architecture = instantiate(transfer.architecture_config(cfg.model), _partial_=True)
     model = architecture(
@@ -162,22 +162,28 @@ def default_run_dir() -> Path:
     return path
 
 
-# Builders report a bad setting as ValueError (or Hydra's InstantiationException around one); a
-# missing `model.pretrained` run as FileNotFoundError. Before training starts these are the user's to fix.
-SETUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
-
-
 @contextlib.contextmanager
 def setup_errors() -> Any:
-    """Turn a builder's complaint about the config into a ConfigError (one paragraph, no traceback)."""
+    """Builders raise a ConfigError (a UserError) where they find a bad setting; a constructor that
+    `instantiate` calls has it wrapped in Hydra's InstantiationException, which is unwrapped here.
+    Anything else is a bug and keeps its traceback."""
     from hydra.errors import InstantiationException
 
     try:
         yield
-    except UserError:
-        raise
-    except (*SETUP_ERRORS, InstantiationException) as error:
-        raise ConfigError(" ".join(str(error).split())) from error
+    except InstantiationException as error:
+        cause = user_error_behind(error)
+        if cause is None:
+            raise
+        raise cause from error
+
+
+def user_error_behind(error: BaseException) -> UserError | None:
+    """The UserError that `error` was raised from (its __cause__/__context__ chain), or None."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, UserError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:

@@ -7,6 +7,7 @@ SIGINT/SIGTERM during training exit 130/143 after the run folder is left resumab
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 import os
@@ -58,22 +59,37 @@ examples:
 
 
 def hydra_app(task, argv: list[str], prog: str) -> int:
-    """Run `task(cfg)` as a Hydra app over `argv` (overrides and Hydra flags)."""
+    """Run `task(cfg)` as a Hydra app over `argv` (overrides and Hydra flags).
+
+    A UserError from `task` is carried past Hydra (which would print a traceback) and raised here, for
+    `main`'s one-paragraph report: the one place that does so.
+    """
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    app = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
+    from dnnlab.errors import UserError
+
+    carried: list[UserError] = []
+
+    @functools.wraps(task)
+    def guarded(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except UserError as error:
+            carried.append(error)
+            return math.nan
+
+    app = hydra.main(config_path="conf", config_name="config", version_base="1.3")(guarded)
     saved, sys.argv = sys.argv, [prog, *argv]
     try:
         app()
     finally:
         sys.argv = saved
         HydraConfig.instance().cfg = None  # the app is over: a later dnnlab.train() in this process is not its job
+    if carried:
+        raise carried[0]
     return 0
 
-
-# A single run's user error, carried past Hydra (which would print a traceback) to `main`.
-_deferred: list[Exception] = []
 # Sweep jobs this process did not run because their folder was taken (not failures).
 _refused: list[str] = []
 # The sweep's own process id, for its jobs' worker processes (joblib) to tell that they are workers.
@@ -117,7 +133,7 @@ def train_task(cfg) -> float:
     from hydra.types import RunMode
 
     from dnnlab.api import resume_config, train
-    from dnnlab.errors import RunFolderTaken, is_user_error
+    from dnnlab.errors import RunFolderTaken
     from dnnlab.rundir import remove_stray
     from dnnlab.sweeps import plan_job
 
@@ -153,10 +169,7 @@ def train_task(cfg) -> float:
             return math.nan
         if not isinstance(error, RunFolderTaken):  # a taken folder is another run's: leave it be
             remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
-        if not is_user_error(error):
-            raise
-        _deferred.append(error)
-        return math.nan
+        raise  # a UserError: hydra_app carries it to main
     finally:
         if folder != job_dir:
             remove_stray(job_dir)  # Hydra made it, the job ran elsewhere
@@ -360,13 +373,10 @@ def train_main(argv: list[str]) -> int:
             raise_if_interrupted(train(cfg))
             return 0
         preflight(args)
-    _deferred.clear()
     _refused.clear()
     SweepReport.outcome = []
     with sweep_signals() if args.multirun else contextlib.nullcontext():
         hydra_app(train_task, argv, "dnnlab train")
-    if _deferred:
-        raise _deferred.pop()
     return sweep_exit_code() if args.multirun else 0
 
 

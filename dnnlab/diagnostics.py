@@ -38,6 +38,7 @@ from torch import nn
 from dnnlab.hooks import Hook
 from dnnlab.initializers import WEIGHTED
 from dnnlab.rundir import RunDir
+from dnnlab.errors import ConfigError
 
 # Output bounds (low, high) of saturating activations, by module class.
 BOUNDS: dict[type[nn.Module], Callable[[nn.Module], tuple[float, float]]] = {
@@ -94,12 +95,12 @@ class DiagnosticsHook(Hook):
 
     def __init__(self, family: str = "smooth", probe_size: int | None = None, seed: int = 0):
         if family not in ("relu", "saturating", "smooth"):
-            raise ValueError(
+            raise ConfigError(
                 f"activation.family={family!r} is not valid; use relu (units can die), "
                 "saturating (units can saturate) or smooth (neither)"
             )
         if probe_size is not None and probe_size < 1:
-            raise ValueError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
+            raise ConfigError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
         self.family, self.probe_size, self.seed = family, probe_size, seed
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self.seconds = 0.0  # spent in the probe, over the whole run (resumes included)

@@ -14,6 +14,8 @@ from typing import Callable
 from omegaconf import DictConfig
 from torch import nn
 
+from dnnlab.errors import ConfigError
+
 Factory = Callable[..., nn.Module]
 
 
@@ -94,7 +96,7 @@ def autoencoder(
     """
     n_features = math.prod(input_shape)
     if depth < 1:
-        raise ValueError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
+        raise ConfigError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
     layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, depth, width, activation, norm, norm_position, dropout)]
     bias = not (norm is not None and norm_position == "before")
     for k in range(depth, 1, -1):  # decoder blocks have no dropout: they reconstruct clean codings
@@ -119,7 +121,7 @@ def cnn(
 ) -> nn.Sequential:
     """`depth` blocks of 3×3 conv + 2×2 max-pool (channels width·2^i), a dense layer, the output."""
     if len(input_shape) != 3:
-        raise ValueError(
+        raise ConfigError(
             f"model=cnn needs image data shaped (channels, height, width); this data set's samples "
             f"have shape {tuple(input_shape)}. Use model=mlp, or data=digits|mnist|fashion_mnist|cifar10."
         )

@@ -123,7 +123,7 @@ class EarlyStopping(Regularizer, Hook):
         restore_best: bool = True,
     ):
         if mode not in ("min", "max"):
-            raise ValueError(f"regularization.early_stopping.mode={mode!r} is not valid; use min or max")
+            raise ConfigError(f"regularization.early_stopping.mode={mode!r} is not valid; use min or max")
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.restore_best = abs(min_delta), restore_best
         self.best = math.inf if mode == "min" else -math.inf

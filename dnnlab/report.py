@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from dnnlab import health
+from dnnlab.errors import ReportError
 from dnnlab.rundir import RunDir
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc", "epochs", "wall_s")
@@ -43,10 +44,6 @@ LAYER_PLOTS = {  # metrics prefix → (file, title, log scale)
     "dead_frac": ("dead_frac.png", "dead ReLU units per layer (fraction)", False),
     "sat_frac": ("sat_frac.png", "saturated units per layer (fraction)", False),
 }
-
-
-class ReportError(Exception):
-    """A path that cannot be reported on; main prints it as one line and exits 2."""
 
 
 @dataclass

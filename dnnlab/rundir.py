@@ -426,7 +426,7 @@ class RunFolderHook(Hook):
 
     def __init__(self, run: RunDir, monitor: str = "val_loss", mode: str = "min", config_yaml: str = ""):
         if mode not in ("min", "max"):
-            raise ValueError(f"trainer.monitor_mode={mode!r} is not valid; use min or max")
+            raise ConfigError(f"trainer.monitor_mode={mode!r} is not valid; use min or max")
         self.run, self.monitor, self.mode, self.config_yaml = run, monitor, mode, config_yaml
         self.best: float | None = None
         self.best_epoch = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -299,6 +300,16 @@ def yaml_error(error: Exception) -> ConfigError:
     began = f"{context} that begins at line {start.line + 1}, column {start.column + 1}: " if context and start else ""
     return ConfigError(f"{mark.name} is not valid YAML: {began}{problem} (line {mark.line + 1}, column {mark.column + 1}). "
                        f"Fix the file (often a missing ']', '}}' or ':', or a tab used to indent).")
+
+
+def check_arguments(target: Any, kwargs: dict[str, Any], group: str, *args: Any) -> None:
+    """ConfigError when the `group` option's keys do not fit `target`'s signature (called with `args` first)."""
+    try:
+        inspect.signature(target).bind_partial(*args, **kwargs)
+    except TypeError as error:
+        name = f"{target.__module__}.{target.__qualname__}"
+        raise ConfigError(f"The {group} option's keys do not fit {name}: {error}. Its arguments: "
+                          f"{', '.join(inspect.signature(target).parameters)}.") from None
 
 
 def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str | None = None) -> None:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
 
 log = logging.getLogger("dnnlab")
@@ -50,14 +51,14 @@ def settings(model_cfg: DictConfig, n_blocks: int) -> tuple[int, int | None, flo
     scale = model_cfg.get("unfrozen_lr_scale")
     scale = 1.0 if scale is None else scale
     if not isinstance(freeze, int) or not 0 <= freeze <= n_blocks:
-        raise ValueError(f"model.freeze={freeze!r} is not valid: use the number of lowest hidden blocks to freeze, "
+        raise ConfigError(f"model.freeze={freeze!r} is not valid: use the number of lowest hidden blocks to freeze, "
                          f"an integer from 0 to {n_blocks} (this model's hidden blocks)")
     if unfreeze_at is not None and (not isinstance(unfreeze_at, int) or unfreeze_at < 0 or not freeze):
-        raise ValueError(f"model.unfreeze_at={unfreeze_at!r} is not valid: use null, or the number of epochs "
+        raise ConfigError(f"model.unfreeze_at={unfreeze_at!r} is not valid: use null, or the number of epochs "
                          f"after which the frozen blocks train again (an integer >= 0, with model.freeze > 0; "
                          f"model.freeze is {freeze})")
     if not isinstance(scale, (int, float)) or scale <= 0 or (scale != 1 and unfreeze_at is None):
-        raise ValueError(f"model.unfrozen_lr_scale={scale!r} is not valid: use a positive factor on the learning "
+        raise ConfigError(f"model.unfrozen_lr_scale={scale!r} is not valid: use a positive factor on the learning "
                          f"rate of the unfrozen blocks, together with model.unfreeze_at (1.0 = same rate)")
     return freeze, unfreeze_at, float(scale)
 
@@ -77,7 +78,7 @@ def checkpoint_file(pretrained: str | Path) -> Path:
     path = Path(str(pretrained)).expanduser()
     file = path / "checkpoints" / "best.pt" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model.pretrained={pretrained} is not a dnnlab run: expected a run folder holding "
             f"checkpoints/best.pt, or a .pt checkpoint file, but {file} does not exist"
         )
@@ -109,7 +110,7 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple 
     matched = {k: source[k] for k in own if k.rsplit(".", 1)[0] not in misfits}
     reused = layers(matched)
     if all(layer.split(".")[0] == output for layer in reused):
-        raise ValueError(
+        raise ConfigError(
             f"model.pretrained={pretrained}: no layer below the output fits this model by name and shape, so "
             f"there is nothing to reuse ({'; '.join(f'{k}: {v}' for k, v in misfits.items())}). "
             f"Use the same model type with the same model.width (and input size) for the layers to reuse"
