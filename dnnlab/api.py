@@ -71,7 +71,7 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
     .hydra/config.yaml) with `overrides` on top. Overrides may change values (trainer.epochs=40), not groups."""
     checkpoint = find_checkpoint(resume)
     folder = run_folder_of(checkpoint)
-    config = folder / ".hydra" / "config.yaml" if folder is not None else None
+    config = RunDir(folder, create=False).config_path if folder is not None else None
     cfg = record.run_config(config if config is not None and config.is_file() else None,
                             load_checkpoint(checkpoint), checkpoint)
     OmegaConf.set_struct(cfg, True)

@@ -262,7 +262,10 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         import json
 
-        for path in sorted(Path(config.hydra.sweep.dir).rglob("summary.json")):
+        from dnnlab.rundir import RunDir
+
+        summary_name = RunDir(".", create=False).summary_path.name
+        for path in sorted(Path(config.hydra.sweep.dir).rglob(summary_name)):
             if path.stat().st_mtime >= getattr(self, "started", 0):
                 with open(path) as f:
                     SweepReport.outcome.append({**json.load(f), "job_dir": str(path.parent)})
@@ -272,9 +275,11 @@ def sweep_exit_code() -> int:
     """Print the sweep jobs that failed or diverged; 1 when any failed."""
     import yaml
 
+    from dnnlab.rundir import RunDir
+
     bad = [s for s in SweepReport.outcome if s.get("status") in ("failed", "diverged")]
     for summary in bad:
-        overrides_file = Path(summary["job_dir"]) / ".hydra" / "overrides.yaml"
+        overrides_file = RunDir(summary["job_dir"], create=False).overrides_path
         overrides = " ".join(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else ""
         what = summary.get("error") or summary.get("stop_reason", "")
         print(f"  {summary['job_dir']} ({overrides}): {summary['status']}: {what}", file=sys.stderr)

@@ -17,6 +17,7 @@ from torch import nn
 
 from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
+from dnnlab.rundir import RunDir
 
 log = logging.getLogger("dnnlab")
 
@@ -76,7 +77,7 @@ def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def checkpoint_file(pretrained: str | Path) -> Path:
     """A run folder means its checkpoints/best.pt; a .pt file is taken as is."""
     path = Path(str(pretrained)).expanduser()
-    file = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    file = RunDir(path, create=False).checkpoint_path("best") if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(
             f"model.pretrained={pretrained} is not a dnnlab run: expected a run folder holding "

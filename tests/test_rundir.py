@@ -310,3 +310,24 @@ def test_overwrite_never_moves_or_mixes_a_users_own_files(finished_run):
         assert snapshot(finished_run) == before and not (finished_run.parent / "run.old-1").exists()
     finally:
         (finished_run / "notes.txt").unlink()
+
+
+def test_run_folder_names_are_spelt_only_in_rundir():
+    """RunDir owns every run-folder path: no other module spells one out (docstrings and messages aside)."""
+    import re
+
+    from pathlib import Path
+
+    import dnnlab
+
+    names = re.compile(r'"(metrics\.jsonl|summary\.json|checkpoints|last\.pt|best\.pt|\.hydra|overrides\.yaml|'
+                       r'hydra\.yaml|eval\.json|export\.json)"')
+    root = Path(dnnlab.__file__).parent
+    found = [f"{path.relative_to(root)}: {line.strip()}" for path in root.rglob("*.py") if path.name != "rundir.py"
+             for line in path.read_text().splitlines() if names.search(line)]
+    assert found == []
+
+
+def test_a_read_only_run_dir_makes_no_folder(tmp_path):
+    run = RunDir(tmp_path / "elsewhere", create=False)
+    assert run.config_path == tmp_path / "elsewhere" / ".hydra" / "config.yaml" and not run.path.exists()
