@@ -93,6 +93,8 @@ def saturated_fraction(a: torch.Tensor, low: float, high: float) -> torch.Tensor
 class DiagnosticsHook(Hook):
     """Adds the per-layer statistics above to every epoch's metrics row."""
 
+    key = "DiagnosticsHook"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(self, family: str = "smooth", probe_size: int | None = None, seed: int = 0):
         if family not in ("relu", "saturating", "smooth"):
             raise ConfigError(

@@ -141,6 +141,8 @@ class GreedyLayerwise(Hook):
     the inner trainers and, through the outer one, the run (its first epoch is then discarded).
     """
 
+    key = "GreedyLayerwise"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(self, optimizer_cfg: DictConfig, epochs: int) -> None:
         self.optimizer_cfg, self.epochs = optimizer_cfg, epochs
         self.stages: list[dict[str, Any]] = []

@@ -114,6 +114,8 @@ class MaxNorm(Regularizer):
 class EarlyStopping(Regularizer, Hook):
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs (keras.callbacks.EarlyStopping)."""
 
+    key = "EarlyStopping"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(
         self,
         monitor: str = "val_loss",

@@ -457,6 +457,8 @@ def remove_stray(path: str | os.PathLike) -> bool:
 class RunFolderHook(Hook):
     """Writes each epoch's metrics row, `last.pt` every epoch and `best.pt` on improvement."""
 
+    key = "RunFolderHook"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(self, run: RunDir, monitor: str = "val_loss", mode: str = "min", config_yaml: str = ""):
         if mode not in ("min", "max"):
             raise ConfigError(f"trainer.monitor_mode={mode!r} is not valid; use min or max")

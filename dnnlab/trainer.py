@@ -360,7 +360,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "shuffle": self.generator.get_state(),
             },
-            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+            "hooks": {h.state_key: h.state_dict() for h in self.hooks},
         }
 
     def wall_s_so_far(self) -> float:
@@ -387,5 +387,5 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["shuffle"])
         for hook in self.hooks:
-            if type(hook).__name__ in state["hooks"]:
-                hook.load_state_dict(state["hooks"][type(hook).__name__])
+            if hook.state_key in state["hooks"]:
+                hook.load_state_dict(state["hooks"][hook.state_key])
