@@ -73,18 +73,17 @@ class Splits:
 
 SCALINGS = ("standardize", "unit", "symmetric", "none")
 
-# Keys every data yaml carries; everything else (except _target_) goes to the loader.
-COMMON_DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "root": "~/.cache/dnnlab",
-    "download": True,
-    "val_fraction": 0.1,
-    "split_seed": 0,
-    "scaling": "standardize",
-    "classes": None,
-    "train_fraction": 1.0,
-    "limit": None,
-}
+# Keys every data yaml carries (written once, in conf/data/_common.yaml, plus each option's `name`);
+# everything else (except _target_) goes to the loader.
+COMMON_YAML = Path(__file__).parent / "conf" / "data" / "_common.yaml"
+
+
+def common_defaults() -> dict[str, Any]:
+    """The common data keys and their defaults, as _common.yaml writes them (`name`: from the loader)."""
+    from omegaconf import OmegaConf
+
+    return {"name": None, **OmegaConf.to_container(OmegaConf.load(COMMON_YAML), resolve=True)}
+
 # Common keys a loader may also receive, when its signature asks for them.
 _PASSED_TO_LOADER = ("root", "download", "split_seed")
 
@@ -92,7 +91,7 @@ _PASSED_TO_LOADER = ("root", "download", "split_seed")
 def load_data(cfg: Mapping[str, Any]) -> Splits:
     """Build the :class:`Splits` described by the composed ``data`` config node."""
     spec = _to_dict(cfg)
-    common = {k: spec.pop(k, default) for k, default in COMMON_DEFAULTS.items()}
+    common = {k: spec.pop(k, default) for k, default in common_defaults().items()}
     _validate_common(common)
     common["root"] = _resolve_root(common["root"])
     name = common["name"] or _name_from_target(spec.get("_target_"))
@@ -201,7 +200,7 @@ def _call_loader(spec: dict[str, Any], common: dict[str, Any]) -> Arrays:
         raise ConfigError(f"Invalid data._target_={target!r}: not an importable function ({e}).") from e
     unknown = sorted(set(spec) - {"_target_"} - set(params))
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        valid = sorted(set(COMMON_DEFAULTS) | (set(params) - set(_PASSED_TO_LOADER)))
+        valid = sorted(set(common_defaults()) | (set(params) - set(_PASSED_TO_LOADER)))
         raise ConfigError(f"Unknown data.{unknown[0]} for {target}: valid keys are {', '.join(valid)}.")
     extras = {k: (str(common[k]) if k == "root" else common[k])
               for k in _PASSED_TO_LOADER if k in params}

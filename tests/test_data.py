@@ -25,9 +25,16 @@ COMMON_KEYS = ("root", "download", "val_fraction", "split_seed", "scaling", "cla
                "train_fraction", "limit")
 
 
+def option(name: str):
+    """The shipped option as its defaults list composes it: data/_common.yaml, then the option's own keys."""
+    own = OmegaConf.load(CONF / f"{name}.yaml")
+    assert list(own.pop("defaults")) == ["_common", "_self_"]
+    return OmegaConf.merge(OmegaConf.load(CONF / "_common.yaml"), own)
+
+
 def make_cfg(name: str = "digits", **overrides):
     """The shipped yaml with overrides, interpolations (oc.env) resolved."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.merge(option(name), overrides)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -42,7 +49,7 @@ def all_labels(s: Splits) -> torch.Tensor:
 def test_yaml_has_description_and_common_keys(name):
     text = (CONF / f"{name}.yaml").read_text(encoding="utf-8")
     assert text.startswith("# ") and len(text.splitlines()[0]) > 10
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = option(name)
     for key in COMMON_KEYS:
         assert key in cfg, f"{name}.yaml lacks {key}"
     assert cfg._target_ == f"dnnlab.data.load_{name}"
