@@ -10,10 +10,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import ConfigError
-from dnnlab.schema import check_arguments
+from dnnlab.schema import IMPLEMENTATIONS, check_arguments
 
 CLIP_KEYS = ("clip_value", "clip_norm")
-IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")
 
 
 class GradClipper:

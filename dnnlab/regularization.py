@@ -15,6 +15,7 @@ from torch import nn
 from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
 from dnnlab.initializers import WEIGHTED
+from dnnlab.schema import MONITOR_MODES
 
 
 def weight_tensors(model: nn.Module, hidden_only: bool = False) -> list[torch.Tensor]:
@@ -124,8 +125,8 @@ class EarlyStopping(Regularizer, Hook):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ):
-        if mode not in ("min", "max"):
-            raise ConfigError(f"regularization.early_stopping.mode={mode!r} is not valid; use min or max")
+        if mode not in MONITOR_MODES:
+            raise ConfigError(f"regularization.early_stopping.mode={mode!r} is not valid; use {' or '.join(MONITOR_MODES)}")
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.restore_best = abs(min_delta), restore_best
         self.best = math.inf if mode == "min" else -math.inf

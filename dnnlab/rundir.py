@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken, writing
 from dnnlab.hooks import Hook
+from dnnlab.schema import MONITOR_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -460,8 +461,8 @@ class RunFolderHook(Hook):
     key = "RunFolderHook"  # its state in checkpoints: stable, whatever the class is called
 
     def __init__(self, run: RunDir, monitor: str = "val_loss", mode: str = "min", config_yaml: str = ""):
-        if mode not in ("min", "max"):
-            raise ConfigError(f"trainer.monitor_mode={mode!r} is not valid; use min or max")
+        if mode not in MONITOR_MODES:
+            raise ConfigError(f"trainer.monitor_mode={mode!r} is not valid; use {' or '.join(MONITOR_MODES)}")
         self.run, self.monitor, self.mode, self.config_yaml = run, monitor, mode, config_yaml
         self.best: float | None = None
         self.best_epoch = 0
