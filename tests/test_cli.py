@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.rundir import RunDir
-from test_rundir import snapshot
+from helpers.folders import snapshot
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
         "data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=2"]

@@ -15,6 +15,7 @@ import torch
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import CheckpointError, RunFolderError
 from dnnlab.hooks import Hook
+from helpers.folders import snapshot
 from dnnlab.rundir import (
     RunDir, atomic_write, find_checkpoint, load_checkpoint, model_mismatch, remove_stray, run_folder_of,
 )
@@ -273,12 +274,6 @@ def test_taking_the_lock_removes_only_dnnlabs_own_temp_files(tmp_path):
 
 
 # ------------------------------------------------------- a folder that already holds a run
-def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-    """Every file under `folder` (but the lock file) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
 def test_training_into_a_folder_that_holds_a_run_is_refused_and_changes_nothing(finished_run):
     before = snapshot(finished_run)
     with pytest.raises(RunFolderError) as info:
