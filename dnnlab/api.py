@@ -28,7 +28,7 @@ from dnnlab.rundir import (
     RunDir, RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
 )
 from dnnlab.schedules import build_schedule
-from dnnlab.trainer import Trainer
+from dnnlab.trainer import Trainer, batches
 
 log = logging.getLogger("dnnlab")
 
@@ -296,8 +296,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     capturable = fast.cuda_graph and not acceleration.graph_blocker(device, acceleration.compile_mode(fast.compile))
     optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model), capturable=capturable)
     check_last_batch(model, len(data.train_y), cfg.trainer.batch_size)
-    steps_per_epoch = -(-len(data.train_y) // cfg.trainer.batch_size)
-    schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, batches(len(data.train_y), cfg.trainer.batch_size))
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
     hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
     hooks.append(record.DataFingerprint(raw, cfg.data.get("root")))  # in every checkpoint; checked on resume

@@ -38,6 +38,11 @@ log = logging.getLogger("dnnlab")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def batches(n: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `n` samples (the last batch may be smaller)."""
+    return math.ceil(n / batch_size)
+
+
 def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Number of samples whose arg-max class is the label."""
     return (logits.argmax(1) == y).sum()
@@ -132,7 +137,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train_y) / self.batch_size)
+        return batches(len(self.data.train_y), self.batch_size)
 
     def stop(self, status: str, reason: str) -> None:
         """Ask the loop to end after the current epoch with `status`."""
