@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from dnnlab.errors import one_line
+from dnnlab.errors import ConfigError, one_line
 from dnnlab.schema import COMPILE_MODES
-
-if TYPE_CHECKING:
-    from dnnlab.trainer import Trainer
 
 log = logging.getLogger("dnnlab")
 
@@ -33,14 +30,14 @@ WARMUP_STEPS = 3  # eager steps on a side stream before a capture (optimizer sta
 MAX_RECAPTURES = 3  # consecutive captures that each lived a single replay: the graph is not worth it
 
 
-def record(trainer: "Trainer", option: str, state: str) -> None:
-    """Note in the run's summary (`fast_path`) how a requested fast path stands."""
-    trainer.notes.setdefault("fast_path", {})[option] = state
+def record(notes: dict[str, Any], option: str, state: str) -> None:
+    """Note in the run's summary notes (`fast_path`) how a requested fast path stands."""
+    notes.setdefault("fast_path", {})[option] = state
 
 
-def fallback(trainer: "Trainer", option: str, reason: str) -> None:
+def fallback(notes: dict[str, Any], option: str, reason: str) -> None:
     """Record and log, once, that `option` is not in effect and why."""
-    record(trainer, option, f"off: {reason}")
+    record(notes, option, f"off: {reason}")
     log.warning("%s is off: %s.", option, reason)
 
 
@@ -52,7 +49,7 @@ def autocast(device: torch.device, precision: str, cache: bool = True) -> Callab
     autocast weight-cast cache off, since cached casts would be freed between replays.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"trainer.precision={precision!r} is not valid; use {', '.join(PRECISIONS)}")
+        raise ConfigError(f"trainer.precision={precision!r} is not valid; use {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext
@@ -67,7 +64,7 @@ def compile_mode(value: bool | str) -> str | None:
     if value is True:
         return "default"
     if value not in COMPILE_MODES:
-        raise ValueError(f"trainer.compile={value!r} is not valid; use false, true or one of {', '.join(COMPILE_MODES)}")
+        raise ConfigError(f"trainer.compile={value!r} is not valid; use false, true or one of {', '.join(COMPILE_MODES)}")
     return value
 
 
@@ -78,8 +75,8 @@ class CompiledForward:
     runs the module eagerly from then on.
     """
 
-    def __init__(self, trainer: "Trainer", model: nn.Module, mode: str):
-        self.trainer, self.model = trainer, model
+    def __init__(self, model: nn.Module, mode: str, notes: dict[str, Any]):
+        self.model, self.notes = model, notes
         self.forward: Callable[..., torch.Tensor] = torch.compile(model, mode=mode)
         self.proven = False  # the first call compiles: until it has succeeded, a failure falls back
 
@@ -90,7 +87,7 @@ class CompiledForward:
             out = self.forward(x)
         except Exception as error:  # torch._dynamo/inductor raise many types; the eager call below re-raises real bugs
             self.forward = self.model
-            fallback(self.trainer, "trainer.compile", f"torch.compile failed ({short(error)})")
+            fallback(self.notes, "trainer.compile", f"torch.compile failed ({short(error)})")
             out = self.model(x)
         self.proven = True
         return out
@@ -174,20 +171,23 @@ class CudaGraphRecorder:
 
 
 class StepGraph:
-    """Captures `trainer.update` as one CUDA graph and replays it for each full batch."""
+    """Captures `update(idx)` (one step's device work on the batch at `idx`) as one CUDA graph and replays it
+    for each full batch; `after_step` is the host bookkeeping that follows every step, replayed or eager."""
 
-    def __init__(self, trainer: "Trainer", recorder: Any = None):
-        self.trainer = trainer
-        self.recorder = recorder or CudaGraphRecorder(trainer.device)
-        device = trainer.device
-        self.idx = torch.zeros(trainer.batch_size, dtype=torch.long, device=device)
+    def __init__(self, update: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], after_step: Callable[[], None],
+                 model: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int, device: torch.device,
+                 notes: dict[str, Any], recorder: Any = None):
+        self.update, self.after_step = update, after_step
+        self.model, self.optimizer, self.device, self.notes = model, optimizer, device, notes
+        self.recorder = recorder or CudaGraphRecorder(device)
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
         # Warm-up and last-batch steps run the capturable optimizer eagerly on purpose; PyTorch would warn once.
-        trainer.optimizer._warned_capturable_if_run_uncaptured = True
-        self.tensor_keys = tensor_keys(trainer.optimizer)
-        self.baked_keys = [k for k in trainer.optimizer.defaults if k not in self.tensor_keys]
+        optimizer._warned_capturable_if_run_uncaptured = True
+        self.tensor_keys = tensor_keys(optimizer)
+        self.baked_keys = [k for k in optimizer.defaults if k not in self.tensor_keys]
         # One device tensor per (group, key): what the captured kernels read.
-        self.values = [{k: self.as_tensor(group[k]) for k in self.tensor_keys} for group in trainer.optimizer.param_groups]
-        self.seen = [{k: group[k] for k in self.tensor_keys} for group in trainer.optimizer.param_groups]
+        self.values = [{k: self.as_tensor(group[k]) for k in self.tensor_keys} for group in optimizer.param_groups]
+        self.seen = [{k: group[k] for k in self.tensor_keys} for group in optimizer.param_groups]
         self.replay: Callable[[], None] | None = None
         self.outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.layout: tuple[Any, ...] | None = None
@@ -201,40 +201,43 @@ class StepGraph:
     def as_tensor(self, value: Any) -> Any:
         if isinstance(value, (tuple, list)):
             return tuple(self.as_tensor(v) for v in value)
-        return torch.tensor(float(value), device=self.trainer.device)
+        return torch.tensor(float(value), device=self.device)
 
     # ------------------------------------------------------------------ the step
     def __call__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on the batch `idx`: a graph replay when it can, else the eager step."""
-        trainer = self.trainer
         if not self.enabled or len(idx) != len(self.idx):
-            return trainer.eager_step(idx)
+            return self.eager_step(idx)
         layout = (self.structure, self.host_hyperparameters())
         if layout != self.layout:
             self.drop(layout)
             if not self.enabled:
-                return trainer.eager_step(idx)
+                return self.eager_step(idx)
         if self.replay is None:
             if self.warmup_left > 0:
                 self.warmup_left -= 1
-                return self.recorder.warmup(lambda: trainer.eager_step(idx))
+                return self.recorder.warmup(lambda: self.eager_step(idx))
             if not self.capture():
-                return trainer.eager_step(idx)
+                return self.eager_step(idx)
         self.idx.copy_(idx)
         self.refresh_values()
         self.replay()
         self.replays_since_capture += 1
-        trainer.after_step()
+        self.after_step()
         return self.outputs
+
+    def eager_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.update(idx)
+        self.after_step()
+        return out
 
     def begin_epoch(self) -> None:
         """Note which parameters train and in which mode: hooks change these only between epochs."""
-        trainer = self.trainer
-        self.structure = (trainer.model.training, tuple(p.requires_grad for p in trainer.model.parameters()))
+        self.structure = (self.model.training, tuple(p.requires_grad for p in self.model.parameters()))
 
     def host_hyperparameters(self) -> list[tuple[Any, ...]]:
         """The hyper-parameters a capture bakes in as host values (a change means capturing again)."""
-        return [tuple(group.get(k) for k in self.baked_keys) for group in self.trainer.optimizer.param_groups]
+        return [tuple(group.get(k) for k in self.baked_keys) for group in self.optimizer.param_groups]
 
     def drop(self, layout: tuple[Any, ...]) -> None:
         """Forget the captured graph; the next full batch (after any warm-up) captures again."""
@@ -243,43 +246,37 @@ class StepGraph:
             if self.short_lived >= MAX_RECAPTURES:
                 self.enabled = False
                 changed = "a hyper-parameter the optimizer reads on the host changes every step"
-                fallback(self.trainer, "trainer.cuda_graph", changed)
+                fallback(self.notes, "trainer.cuda_graph", changed)
             self.replay = self.outputs = None
-            self.trainer.optimizer.zero_grad(set_to_none=True)  # drop gradients that live in the old graph's pool
+            self.optimizer.zero_grad(set_to_none=True)  # drop gradients that live in the old graph's pool
         self.layout = layout
         # Optimizer state is created eagerly, never inside a capture (it would be re-zeroed every replay).
         if self.needs_warmup():
             self.warmup_left = max(self.warmup_left, WARMUP_STEPS)
 
     def needs_warmup(self) -> bool:
-        optimizer = self.trainer.optimizer
+        optimizer = self.optimizer
         return any(p.requires_grad and not optimizer.state.get(p) for group in optimizer.param_groups for p in group["params"])
 
     def capture(self) -> bool:
         """Record `update` on the static index buffer; False (and eager from then on) if PyTorch refuses."""
-        trainer = self.trainer
-        data = trainer.data
-        trainer.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates the graph's own grads
-
-        def body() -> tuple[torch.Tensor, torch.Tensor]:
-            return trainer.update(data.train_x[self.idx], data.train_y[self.idx])
-
+        self.optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates the graph's own grads
         try:
-            self.replay, self.outputs = self.recorder.record(body, self.tensor_hyperparameters)
+            self.replay, self.outputs = self.recorder.record(lambda: self.update(self.idx), self.tensor_hyperparameters)
         except Exception as error:  # e.g. an op that syncs with the host: not capturable
             self.enabled = False
-            trainer.optimizer.zero_grad(set_to_none=True)
-            fallback(trainer, "trainer.cuda_graph", f"capture failed ({short(error)})")
+            self.optimizer.zero_grad(set_to_none=True)
+            fallback(self.notes, "trainer.cuda_graph", f"capture failed ({short(error)})")
             return False
         self.replays_since_capture = 0
         self.captures += 1
-        record(trainer, "trainer.cuda_graph", f"on ({self.captures} capture(s))")
+        record(self.notes, "trainer.cuda_graph", f"on ({self.captures} capture(s))")
         return True
 
     @contextlib.contextmanager
     def tensor_hyperparameters(self) -> Iterator[None]:
         """During capture, param_groups hold the device tensors; the floats come back afterwards."""
-        groups = self.trainer.optimizer.param_groups
+        groups = self.optimizer.param_groups
         floats = [{k: group[k] for k in self.tensor_keys} for group in groups]
         for group, values in zip(groups, self.values):
             group.update(values)
@@ -291,7 +288,7 @@ class StepGraph:
 
     def refresh_values(self) -> None:
         """Copy what schedules wrote into param_groups since the last replay into the graph's tensors."""
-        for group, seen, values in zip(self.trainer.optimizer.param_groups, self.seen, self.values):
+        for group, seen, values in zip(self.optimizer.param_groups, self.seen, self.values):
             for key in self.tensor_keys:
                 if group[key] != seen[key]:
                     seen[key] = group[key]

@@ -19,16 +19,16 @@ from dnnlab import acceleration, record, schema, sweeps, transfer
 from dnnlab.data import Splits, load_data
 from dnnlab.diagnostics import logger_hooks, observer_hooks
 from dnnlab.hooks import Hook
-from dnnlab.models import check_self_normalizing
+from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing
 from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
-from dnnlab.regularization import Regularizer
+from dnnlab.regularization import Regularizer, constraints, penalties
 from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
 from dnnlab.rundir import (
     RunDir, RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
 )
 from dnnlab.schedules import build_schedule
-from dnnlab.trainer import Trainer
+from dnnlab.trainer import Trainer, batches
 
 log = logging.getLogger("dnnlab")
 
@@ -71,7 +71,7 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
     .hydra/config.yaml) with `overrides` on top. Overrides may change values (trainer.epochs=40), not groups."""
     checkpoint = find_checkpoint(resume)
     folder = run_folder_of(checkpoint)
-    config = folder / ".hydra" / "config.yaml" if folder is not None else None
+    config = RunDir(folder, create=False).config_path if folder is not None else None
     cfg = record.run_config(config if config is not None and config.is_file() else None,
                             load_checkpoint(checkpoint), checkpoint)
     OmegaConf.set_struct(cfg, True)
@@ -117,10 +117,10 @@ def pick_device(name: str, option: str = "trainer.device=") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
-        raise ValueError(f"{option}{name!r} is not valid; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"{option}{name!r} is not valid; use auto, cpu, cuda or cuda:N")
     index = int(name.partition(":")[2] or 0)
     if name.startswith("cuda") and index >= torch.cuda.device_count():
-        raise ValueError(f"{option}{name} but this machine shows {torch.cuda.device_count()} CUDA GPU(s); "
+        raise ConfigError(f"{option}{name} but this machine shows {torch.cuda.device_count()} CUDA GPU(s); "
                          f"use {option}auto or {option}cpu")
     return torch.device(name)
 
@@ -133,7 +133,7 @@ def build_model(cfg: DictConfig, data: Splits, regularizers: Sequence[Regularize
     """The configured architecture with its activation, normalization, dropout and initializer."""
     dropouts = [r.dropout_layer for r in regularizers if r.dropout_layer() is not None]
     if len(dropouts) > 1:
-        raise ValueError("regularization lists both dropout and alpha_dropout; choose one")
+        raise ConfigError("regularization lists both dropout and alpha_dropout; choose one")
     norm = cfg.normalization
     architecture = instantiate(transfer.architecture_config(cfg.model), _partial_=True)
     model = architecture(
@@ -145,7 +145,7 @@ def build_model(cfg: DictConfig, data: Splits, regularizers: Sequence[Regularize
         dropout=dropouts[0] if dropouts else None,
     )
     instantiate(cfg.initializer)(model)
-    transfer.apply(model, cfg)  # model.pretrained / model.freeze
+    transfer.apply(model, cfg.model, cfg.data)  # model.pretrained / model.freeze
     return model
 
 
@@ -162,22 +162,28 @@ def default_run_dir() -> Path:
     return path
 
 
-# Builders report a bad setting as ValueError (or Hydra's InstantiationException around one); a
-# missing `model.pretrained` run as FileNotFoundError. Before training starts these are the user's to fix.
-SETUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
-
-
 @contextlib.contextmanager
 def setup_errors() -> Any:
-    """Turn a builder's complaint about the config into a ConfigError (one paragraph, no traceback)."""
+    """Builders raise a ConfigError (a UserError) where they find a bad setting; a constructor that
+    `instantiate` calls has it wrapped in Hydra's InstantiationException, which is unwrapped here.
+    Anything else is a bug and keeps its traceback."""
     from hydra.errors import InstantiationException
 
     try:
         yield
-    except UserError:
-        raise
-    except (*SETUP_ERRORS, InstantiationException) as error:
-        raise ConfigError(" ".join(str(error).split())) from error
+    except InstantiationException as error:
+        cause = user_error_behind(error)
+        if cause is None:
+            raise
+        raise cause from error
+
+
+def user_error_behind(error: BaseException) -> UserError | None:
+    """The UserError that `error` was raised from (its __cause__/__context__ chain), or None."""
+    seen: BaseException | None = error
+    while seen is not None and not isinstance(seen, UserError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
@@ -280,7 +286,7 @@ def check_last_batch(model: nn.Module, n: int, batch_size: int) -> None:
 def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = (), data: Splits | None = None) -> Trainer:
     """Everything `train` builds, wired together but not yet run; `data` replaces cfg.data's (benchmarks)."""
     seed_everything(cfg.seed)
-    check_self_normalizing(cfg)
+    check_self_normalizing(**{group: cfg[group] for group in SELF_NORMALIZING_GROUPS})
     device = pick_device(cfg.trainer.device)
     task = build_task(cfg.model)
     raw = data if data is not None else load_data(cfg.data)
@@ -291,17 +297,16 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     capturable = fast.cuda_graph and not acceleration.graph_blocker(device, acceleration.compile_mode(fast.compile))
     optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model), capturable=capturable)
     check_last_batch(model, len(data.train_y), cfg.trainer.batch_size)
-    steps_per_epoch = -(-len(data.train_y) // cfg.trainer.batch_size)
-    schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, batches(len(data.train_y), cfg.trainer.batch_size))
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
     hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
     hooks.append(record.DataFingerprint(raw, cfg.data.get("root")))  # in every checkpoint; checked on resume
-    hooks.extend(observer_hooks(cfg, run))  # diagnostics, health verdicts: before RunFolderHook
+    hooks.extend(observer_hooks(run, cfg.trainer.diagnostics, cfg.activation.family, cfg.seed))  # diagnostics, health verdicts: before RunFolderHook
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
     hooks.extend(logger_hooks(cfg, run))  # after it: the logger sees the finished summary
     hooks.extend(extra_hooks)
     return Trainer(
-        model, data, optimizer, clipper, schedule, regularizers, hooks,
+        model, data, optimizer, clipper, schedule, penalties(regularizers), constraints(regularizers), hooks,
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,
         eval_batch_size=cfg.trainer.eval_batch_size, seed=cfg.seed,
         loss_fn=task.loss_fn, score_fn=task.score_fn,

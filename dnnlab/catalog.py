@@ -28,7 +28,7 @@ def options(group: str) -> dict[str, str]:
     """Option name → the first comment line of its YAML (the description); the user's are marked."""
     found: dict[str, str] = {}
     for root in roots():
-        for path in sorted((root / group).glob("*.yaml")):
+        for path in sorted((root / group).glob("[!_]*.yaml")):  # _common.yaml: shared keys, not an option
             found.setdefault(path.stem, ("" if root == CONF else USER_MARK) + describe(path))
     return found
 

@@ -7,6 +7,7 @@ SIGINT/SIGTERM during training exit 130/143 after the run folder is left resumab
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 import os
@@ -59,22 +60,37 @@ examples:
 
 
 def hydra_app(task, argv: list[str], prog: str) -> int:
-    """Run `task(cfg)` as a Hydra app over `argv` (overrides and Hydra flags)."""
+    """Run `task(cfg)` as a Hydra app over `argv` (overrides and Hydra flags).
+
+    A UserError from `task` is carried past Hydra (which would print a traceback) and raised here, for
+    `main`'s one-paragraph report: the one place that does so.
+    """
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    app = hydra.main(config_path="conf", config_name="config", version_base="1.3")(task)
+    from dnnlab.errors import UserError
+
+    carried: list[UserError] = []
+
+    @functools.wraps(task)
+    def guarded(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except UserError as error:
+            carried.append(error)
+            return math.nan
+
+    app = hydra.main(config_path="conf", config_name="config", version_base="1.3")(guarded)
     saved, sys.argv = sys.argv, [prog, *argv]
     try:
         app()
     finally:
         sys.argv = saved
         HydraConfig.instance().cfg = None  # the app is over: a later dnnlab.train() in this process is not its job
+    if carried:
+        raise carried[0]
     return 0
 
-
-# A single run's user error, carried past Hydra (which would print a traceback) to `main`.
-_deferred: list[Exception] = []
 # Sweep jobs this process did not run because their folder was taken (not failures).
 _refused: list[str] = []
 # The sweep's own process id, for its jobs' worker processes (joblib) to tell that they are workers.
@@ -118,7 +134,7 @@ def train_task(cfg) -> float:
     from hydra.types import RunMode
 
     from dnnlab.api import resume_config, train
-    from dnnlab.errors import RunFolderTaken, is_user_error
+    from dnnlab.errors import RunFolderTaken
     from dnnlab.rundir import remove_stray
     from dnnlab.sweeps import plan_job
 
@@ -154,10 +170,7 @@ def train_task(cfg) -> float:
             return math.nan
         if not isinstance(error, RunFolderTaken):  # a taken folder is another run's: leave it be
             remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
-        if not is_user_error(error):
-            raise
-        _deferred.append(error)
-        return math.nan
+        raise  # a UserError: hydra_app carries it to main
     finally:
         if folder != job_dir:
             remove_stray(job_dir)  # Hydra made it, the job ran elsewhere
@@ -250,7 +263,10 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         import json
 
-        for path in sorted(Path(config.hydra.sweep.dir).rglob("summary.json")):
+        from dnnlab.rundir import RunDir
+
+        summary_name = RunDir(".", create=False).summary_path.name
+        for path in sorted(Path(config.hydra.sweep.dir).rglob(summary_name)):
             if path.stat().st_mtime >= getattr(self, "started", 0):
                 with open(path) as f:
                     SweepReport.outcome.append({**json.load(f), "job_dir": str(path.parent)})
@@ -260,9 +276,11 @@ def sweep_exit_code() -> int:
     """Print the sweep jobs that failed or diverged; 1 when any failed."""
     import yaml
 
+    from dnnlab.rundir import RunDir
+
     bad = [s for s in SweepReport.outcome if s.get("status") in ("failed", "diverged")]
     for summary in bad:
-        overrides_file = Path(summary["job_dir"]) / ".hydra" / "overrides.yaml"
+        overrides_file = RunDir(summary["job_dir"], create=False).overrides_path
         overrides = " ".join(yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.exists() else ""
         what = summary.get("error") or summary.get("stop_reason", "")
         print(f"  {summary['job_dir']} ({overrides}): {summary['status']}: {what}", file=sys.stderr)
@@ -372,13 +390,10 @@ def train_main(argv: list[str]) -> int:
             raise_if_interrupted(train(cfg))
             return 0
         preflight(args)
-    _deferred.clear()
     _refused.clear()
     SweepReport.outcome = []
     with sweep_signals() if args.multirun else contextlib.nullcontext():
         hydra_app(train_task, argv, "dnnlab train")
-    if _deferred:
-        raise _deferred.pop()
     return sweep_exit_code() if args.multirun else 0
 
 

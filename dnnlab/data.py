@@ -28,13 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dnnlab.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-class DataError(Exception):
-    """A data set is missing, corrupt, or could not be downloaded."""
 
 
 @dataclass
@@ -75,18 +73,17 @@ class Splits:
 
 SCALINGS = ("standardize", "unit", "symmetric", "none")
 
-# Keys every data yaml carries; everything else (except _target_) goes to the loader.
-COMMON_DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "root": "~/.cache/dnnlab",
-    "download": True,
-    "val_fraction": 0.1,
-    "split_seed": 0,
-    "scaling": "standardize",
-    "classes": None,
-    "train_fraction": 1.0,
-    "limit": None,
-}
+# Keys every data yaml carries (written once, in conf/data/_common.yaml, plus each option's `name`);
+# everything else (except _target_) goes to the loader.
+COMMON_YAML = Path(__file__).parent / "conf" / "data" / "_common.yaml"
+
+
+def common_defaults() -> dict[str, Any]:
+    """The common data keys and their defaults, as _common.yaml writes them (`name`: from the loader)."""
+    from omegaconf import OmegaConf
+
+    return {"name": None, **OmegaConf.to_container(OmegaConf.load(COMMON_YAML), resolve=True)}
+
 # Common keys a loader may also receive, when its signature asks for them.
 _PASSED_TO_LOADER = ("root", "download", "split_seed")
 
@@ -94,7 +91,7 @@ _PASSED_TO_LOADER = ("root", "download", "split_seed")
 def load_data(cfg: Mapping[str, Any]) -> Splits:
     """Build the :class:`Splits` described by the composed ``data`` config node."""
     spec = _to_dict(cfg)
-    common = {k: spec.pop(k, default) for k, default in COMMON_DEFAULTS.items()}
+    common = {k: spec.pop(k, default) for k, default in common_defaults().items()}
     _validate_common(common)
     common["root"] = _resolve_root(common["root"])
     name = common["name"] or _name_from_target(spec.get("_target_"))
@@ -195,16 +192,16 @@ def _call_loader(spec: dict[str, Any], common: dict[str, Any]) -> Arrays:
 
     target = spec.get("_target_")
     if not target:
-        raise ValueError("The data config has no _target_: it must name a loader function, e.g. "
+        raise ConfigError("The data config has no _target_: it must name a loader function, e.g. "
                          "_target_: dnnlab.data.load_digits (see dnnlab/conf/data/*.yaml).")
     try:
         params = inspect.signature(hydra.utils.get_method(target)).parameters
     except Exception as e:
-        raise ValueError(f"Invalid data._target_={target!r}: not an importable function ({e}).") from e
+        raise ConfigError(f"Invalid data._target_={target!r}: not an importable function ({e}).") from e
     unknown = sorted(set(spec) - {"_target_"} - set(params))
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        valid = sorted(set(COMMON_DEFAULTS) | (set(params) - set(_PASSED_TO_LOADER)))
-        raise ValueError(f"Unknown data.{unknown[0]} for {target}: valid keys are {', '.join(valid)}.")
+        valid = sorted(set(common_defaults()) | (set(params) - set(_PASSED_TO_LOADER)))
+        raise ConfigError(f"Unknown data.{unknown[0]} for {target}: valid keys are {', '.join(valid)}.")
     extras = {k: (str(common[k]) if k == "root" else common[k])
               for k in _PASSED_TO_LOADER if k in params}
     try:
@@ -223,7 +220,7 @@ def _check_arrays(out: Any, target: str) -> Arrays:
         raise TypeError(f"{target} must return (x_train, y_train, x_test, y_test); got {type(out)}")
     x_tr, y_tr, x_te, y_te = (np.asarray(a) for a in out)
     if len(x_tr) != len(y_tr) or len(x_te) != len(y_te) or x_tr.shape[1:] != x_te.shape[1:]:
-        raise ValueError(f"{target} returned inconsistent shapes: x_train {x_tr.shape}, "
+        raise DataError(f"{target} returned inconsistent shapes: x_train {x_tr.shape}, "
                          f"y_train {y_tr.shape}, x_test {x_te.shape}, y_test {y_te.shape}")
     return (np.asarray(x_tr, np.float32), np.asarray(y_tr, np.int64),
             np.asarray(x_te, np.float32), np.asarray(y_te, np.int64))
@@ -374,7 +371,7 @@ def load_synthetic(n_samples: int = 2000, n_features: int = 20, n_classes: int =
             n_samples=n_samples, n_features=n_features, n_informative=n_informative,
             n_redundant=n_redundant, n_classes=n_classes, class_sep=class_sep, random_state=seed)
     except ValueError as e:
-        raise ValueError(f"Invalid data=synthetic settings (n_samples={n_samples}, n_features="
+        raise ConfigError(f"Invalid data=synthetic settings (n_samples={n_samples}, n_features="
                          f"{n_features}, n_classes={n_classes}, n_informative={n_informative}, "
                          f"n_redundant={n_redundant}): {e}") from e
     return split_test(x.astype(np.float32), y.astype(np.int64), test_fraction, split_seed)

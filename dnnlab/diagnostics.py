@@ -38,6 +38,7 @@ from torch import nn
 from dnnlab.hooks import Hook
 from dnnlab.initializers import WEIGHTED
 from dnnlab.rundir import RunDir
+from dnnlab.errors import ConfigError
 
 # Output bounds (low, high) of saturating activations, by module class.
 BOUNDS: dict[type[nn.Module], Callable[[nn.Module], tuple[float, float]]] = {
@@ -92,14 +93,16 @@ def saturated_fraction(a: torch.Tensor, low: float, high: float) -> torch.Tensor
 class DiagnosticsHook(Hook):
     """Adds the per-layer statistics above to every epoch's metrics row."""
 
+    key = "DiagnosticsHook"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(self, family: str = "smooth", probe_size: int | None = None, seed: int = 0):
         if family not in ("relu", "saturating", "smooth"):
-            raise ValueError(
+            raise ConfigError(
                 f"activation.family={family!r} is not valid; use relu (units can die), "
                 "saturating (units can saturate) or smooth (neither)"
             )
         if probe_size is not None and probe_size < 1:
-            raise ValueError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
+            raise ConfigError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
         self.family, self.probe_size, self.seed = family, probe_size, seed
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
         self.seconds = 0.0  # spent in the probe, over the whole run (resumes included)
@@ -189,7 +192,7 @@ class DiagnosticsHook(Hook):
         return stats
 
 
-def observer_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
+def observer_hooks(run: RunDir, diagnostics: bool, activation_family: str, seed: int) -> list[Hook]:
     """Diagnostics (unless `trainer.diagnostics=false`) and health verdicts.
 
     They must come before the run folder's hook so that their keys are in the rows it writes.
@@ -197,8 +200,8 @@ def observer_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
     from dnnlab.health import HealthHook
 
     hooks: list[Hook] = []
-    if cfg.trainer.diagnostics:
-        hooks.append(DiagnosticsHook(cfg.activation.family, seed=cfg.seed))
+    if diagnostics:
+        hooks.append(DiagnosticsHook(activation_family, seed=seed))
     hooks.append(HealthHook(run))
     return hooks
 

@@ -16,8 +16,8 @@ class UserError(Exception):
     exit_code = 2
 
 
-class ConfigError(UserError):
-    """A config group option, key or value that is not valid."""
+class ConfigError(UserError, ValueError):
+    """A config group option, key or value that is not valid (raised by the builder that finds it)."""
 
 
 class CheckpointError(UserError):
@@ -39,6 +39,14 @@ class UnsafeConfigError(UserError):
 
 class StorageError(UserError):
     """A file dnnlab must write cannot be written: no space left, a read-only folder, no permission."""
+
+
+class DataError(UserError):
+    """A data set is missing, corrupt, or could not be downloaded (importable as dnnlab.data.DataError too)."""
+
+
+class ReportError(UserError):
+    """A path that cannot be reported on (importable as dnnlab.report.ReportError too)."""
 
 
 # errno → (what happened, what to do): the OS errors that are the machine's state, not a bug.
@@ -118,10 +126,8 @@ def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Errors shown as a paragraph: ours, and the data module's missing/corrupt-file errors."""
-    from dnnlab.data import DataError
-
-    return isinstance(error, (UserError, DataError))
+    """Errors shown as a paragraph: every UserError."""
+    return isinstance(error, UserError)
 
 
 def one_line(error: BaseException) -> str:

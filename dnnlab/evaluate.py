@@ -46,10 +46,11 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", da
     from dnnlab.data import load_data
     from dnnlab.errors import CheckpointError, RunFolderError
     from dnnlab.pretrain import build_task
-    from dnnlab.rundir import load_checkpoint, model_mismatch
+    from dnnlab.rundir import RunDir, load_checkpoint, model_mismatch
 
     path = Path(run).expanduser()
-    config, file = path / ".hydra" / "config.yaml", path / "checkpoints" / f"{checkpoint}.pt"
+    folder = RunDir(path, create=False)
+    config, file = folder.config_path, folder.checkpoint_path(checkpoint)
     for needed in (config, file):
         if not needed.is_file():
             raise RunFolderError(f"{run} is not a finished dnnlab run folder: {needed} does not exist. "
@@ -179,7 +180,7 @@ def positive(text: str) -> int:
 def main(argv: list[str]) -> int:
     from dnnlab.console import console
     from dnnlab.errors import writing
-    from dnnlab.rundir import atomic_write
+    from dnnlab.rundir import RunDir, atomic_write
 
     parser = argparse.ArgumentParser(prog="dnnlab eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run folder (holding .hydra/config.yaml and checkpoints/)")
@@ -194,6 +195,7 @@ def main(argv: list[str]) -> int:
     result = evaluate(loaded, args.mc_dropout, args.seed)
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
     console.print(table(result))  # first: a folder that cannot be written must not cost the computed result
-    with writing(loaded.path / "eval.json", after="The result is printed above, not saved."):
-        atomic_write(loaded.path / "eval.json", lambda f: f.write(text), mode="w")
+    target = RunDir(loaded.path, create=False).eval_path
+    with writing(target, after="The result is printed above, not saved."):
+        atomic_write(target, lambda f: f.write(text), mode="w")
     return 0

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dnnlab.evaluate import DATA_ROOT_HELP, DROPOUTS, LoadedRun, load_run, outputs, scores
+from dnnlab.rundir import RunDir
 
 TOLERANCE = 1e-5
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -192,7 +193,7 @@ def export(loaded: LoadedRun, fold: bool = True, precision: str | None = None, r
         "latency_ms": {"original": before, "exported": after},
         "speedup": {k: before[k] / after[k] for k in before},
         "repeats": repeats, "device": str(loaded.device), "threads": torch.get_num_threads(),
-        "files": save(exported, x, loaded.path / "export", "model"),
+        "files": save(exported, x, RunDir(loaded.path, create=False).export_dir, "model"),
     }
     if precision:
         result["precision"] = reduced_precision(loaded, exported, precision, repeats, reference)
@@ -235,7 +236,7 @@ def main(argv: list[str]) -> int:
     loaded = load_run(args.run, args.checkpoint, args.device, args.data_root)
     result = export(loaded, args.fold_bn, args.precision, args.repeats)
     text = json.dumps(json_safe(result), indent=2, ensure_ascii=False)
-    atomic_write(loaded.path / "export.json", lambda f: f.write(text), mode="w")
+    atomic_write(RunDir(loaded.path, create=False).export_path, lambda f: f.write(text), mode="w")
     console.print(summary_table(result))
     for item in result["not_folded"]:
         console.print(f"[yellow]not folded:[/yellow] {item['layer']}: {item['why']}")

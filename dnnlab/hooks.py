@@ -13,7 +13,18 @@ EPOCH_METRICS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "
 
 
 class Hook:
-    """Extension point of `Trainer.fit`; every method is optional."""
+    """Extension point of `Trainer.fit`; every method is optional.
+
+    `key` names the hook's state in every checkpoint (`state["hooks"][key]`): a hook with state declares it,
+    so renaming or moving its class keeps old checkpoints loading. It defaults to the class name, which
+    checkpoints written before hooks declared a key used.
+    """
+
+    key: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self.key or type(self).__name__
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         """Before the first epoch (after a resume has restored state)."""

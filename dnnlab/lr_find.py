@@ -156,7 +156,7 @@ def main(argv: list[str]) -> int:
 
     from dnnlab.api import default_run_dir, resume_override
     from dnnlab.cli import hydra_app, preflight, special_flags
-    from dnnlab.errors import is_user_error
+    from dnnlab.errors import UserError
     from dnnlab.rundir import remove_stray
 
     # The lr_find group holds the test's own settings; overrides like lr_find.steps=100 refine it. It goes
@@ -172,19 +172,14 @@ def main(argv: list[str]) -> int:
         cfg = preflight(args)  # the same checks and messages as `dnnlab train`, before Hydra makes a folder
         if cfg is not None and args.cfg is None:
             settings(cfg)
-    errors: list[Exception] = []
 
     def guarded(cfg: DictConfig) -> None:
-        """Carry a user's mistake past Hydra (which would print a traceback) to `dnnlab`'s one-paragraph report."""
+        """A user's mistake leaves no folder behind (hydra_app carries it to the one-paragraph report)."""
         try:
             task(cfg)
-        except Exception as error:
-            if not is_user_error(error):
-                raise
+        except UserError:
             remove_stray(default_run_dir())  # the error came before the test wrote its files
-            errors.append(error)
+            raise
 
     hydra_app(guarded, argv, "dnnlab lr-find")
-    if errors:
-        raise errors[0]
     return 0

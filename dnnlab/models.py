@@ -14,6 +14,8 @@ from typing import Callable
 from omegaconf import DictConfig
 from torch import nn
 
+from dnnlab.errors import ConfigError
+
 Factory = Callable[..., nn.Module]
 
 
@@ -99,7 +101,7 @@ def autoencoder(
     """
     n_features = math.prod(input_shape)
     if depth < 1:
-        raise ValueError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
+        raise ConfigError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
     layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, depth, width, activation, norm, norm_position, dropout)]
     bias = not (norm is not None and norm_position == "before")
     for k in range(depth, 1, -1):  # decoder blocks have no dropout: they reconstruct clean codings
@@ -124,7 +126,7 @@ def cnn(
 ) -> nn.Sequential:
     """`depth` blocks of 3×3 conv + 2×2 max-pool (channels width·2^i), a dense layer, the output."""
     if len(input_shape) != 3:
-        raise ValueError(
+        raise ConfigError(
             f"model=cnn needs image data shaped (channels, height, width); this data set's samples "
             f"have shape {tuple(input_shape)}. Use model=mlp, or data=digits|mnist|fashion_mnist|cifar10."
         )
@@ -147,7 +149,12 @@ def cnn(
     return nn.Sequential(OrderedDict(layers))
 
 
-def self_normalizing_problems(cfg: DictConfig) -> list[str]:
+# The config groups SELU's conditions read (each one's sub-node is an argument below).
+SELF_NORMALIZING_GROUPS = ("activation", "model", "data", "initializer", "normalization", "regularization")
+
+
+def self_normalizing_problems(activation: DictConfig, model: DictConfig, data: DictConfig, initializer: DictConfig,
+                              normalization: DictConfig, regularization: DictConfig) -> list[str]:
     """What breaks SELU's self-normalization in this config (Klambauer et al. 2017; Géron ch. 11).
 
     It needs a plain stack of dense layers, standardized inputs, LeCun-normal weights, and no
@@ -155,26 +162,26 @@ def self_normalizing_problems(cfg: DictConfig) -> list[str]:
     """
     from hydra.utils import get_method
 
-    if cfg.activation.module.get("_target_") != "torch.nn.SELU":
+    if activation.module.get("_target_") != "torch.nn.SELU":
         return []
     problems = []
-    if not getattr(get_method(cfg.model._target_), "dense_sequential", False):
-        problems.append(f"model={cfg.model._target_.rsplit('.', 1)[-1]} is not a plain dense stack (use model=mlp)")
-    if cfg.data.get("scaling") != "standardize":
-        problems.append(f"data.scaling={cfg.data.get('scaling')} (needs standardize)")
-    weight = cfg.initializer.get("weight") or {}
+    if not getattr(get_method(model._target_), "dense_sequential", False):
+        problems.append(f"model={model._target_.rsplit('.', 1)[-1]} is not a plain dense stack (use model=mlp)")
+    if data.get("scaling") != "standardize":
+        problems.append(f"data.scaling={data.get('scaling')} (needs standardize)")
+    weight = initializer.get("weight") or {}
     if not (str(weight.get("_target_", "")).endswith("kaiming_normal_") and weight.get("nonlinearity") == "linear"
             and weight.get("mode", "fan_in") == "fan_in"):
         problems.append("the initializer is not LeCun normal (use initializer=lecun_normal)")
-    if cfg.normalization.get("layer") is not None:
+    if normalization.get("layer") is not None:
         problems.append("a normalization layer is added (use normalization=none)")
-    if any(str(node.get("_target_")) == "dnnlab.regularization.Dropout" for node in cfg.regularization.values()):
+    if any(str(node.get("_target_")) == "dnnlab.regularization.Dropout" for node in regularization.values()):
         problems.append("plain dropout is added (use alpha_dropout)")
     return problems
 
 
-def check_self_normalizing(cfg: DictConfig) -> None:
-    """Warn in one line when a SELU network's self-normalization conditions are broken."""
-    problems = self_normalizing_problems(cfg)
+def check_self_normalizing(**groups: DictConfig) -> None:
+    """Warn in one line when a SELU network's self-normalization conditions are broken (SELF_NORMALIZING_GROUPS)."""
+    problems = self_normalizing_problems(**groups)
     if problems:
         logging.getLogger("dnnlab").warning("SELU will not self-normalize: %s.", "; ".join(problems))

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dnnlab.data import Splits
+from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
 from dnnlab.schedules import Schedule
 from dnnlab.trainer import Trainer, count_correct
@@ -67,7 +68,7 @@ class Reconstruction(Classification):
 
     def __init__(self, greedy_epochs: int = 0) -> None:
         if greedy_epochs < 0:
-            raise ValueError(f"model.task.greedy_epochs={greedy_epochs} is not valid; use 0 (train the whole "
+            raise ConfigError(f"model.task.greedy_epochs={greedy_epochs} is not valid; use 0 (train the whole "
                              f"autoencoder at once) or a positive number of epochs per layer")
         self.greedy_epochs = greedy_epochs
         self.loss_fn = nn.MSELoss()
@@ -94,7 +95,7 @@ class RealVsCorrupted(Classification):
 
     def __init__(self, corruption: float = 0.3, seed: int = 0) -> None:
         if not 0.0 < corruption <= 1.0:
-            raise ValueError(f"model.task.corruption={corruption} is not valid; use the fraction of features "
+            raise ConfigError(f"model.task.corruption={corruption} is not valid; use the fraction of features "
                              f"to corrupt, a number in (0, 1]")
         super().__init__()
         self.corruption, self.seed = corruption, seed
@@ -139,6 +140,8 @@ class GreedyLayerwise(Hook):
     states — exactly — and a resume from a later epoch does not. A signal during pretraining stops
     the inner trainers and, through the outer one, the run (its first epoch is then discarded).
     """
+
+    key = "GreedyLayerwise"  # its state in checkpoints: stable, whatever the class is called
 
     def __init__(self, optimizer_cfg: DictConfig, epochs: int) -> None:
         self.optimizer_cfg, self.epochs = optimizer_cfg, epochs

@@ -108,6 +108,8 @@ def check_data(recorded: dict[str, Any] | None, now: dict[str, Any], root: Any, 
 class DataFingerprint(Hook):
     """Puts the data's fingerprint into every checkpoint (trainer state "hooks"); a resume on other data is refused."""
 
+    key = "DataFingerprint"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(self, data: Splits, root: Any = None):
         self.record, self.root = data_record(data), root
 
@@ -120,4 +122,4 @@ class DataFingerprint(Hook):
 
 def recorded_data(state: dict[str, Any]) -> dict[str, Any] | None:
     """The data fingerprint a checkpoint holds, if any."""
-    return (state.get("hooks") or {}).get(DataFingerprint.__name__)
+    return (state.get("hooks") or {}).get(DataFingerprint.key)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
 from dnnlab.initializers import WEIGHTED
+from dnnlab.schema import MONITOR_MODES
 
 
 def weight_tensors(model: nn.Module, hidden_only: bool = False) -> list[torch.Tensor]:
@@ -27,7 +28,10 @@ def weight_tensors(model: nn.Module, hidden_only: bool = False) -> list[torch.Te
 
 
 class Regularizer:
-    """A regularizer; the trainer calls the methods that apply."""
+    """A regularizer; it declares where it acts (`adds_penalty`, `constrains`), so no one sniffs its methods."""
+
+    adds_penalty = False  # `penalty` adds a term to the loss
+    constrains = False  # `constrain` acts on the model after every optimizer step
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor | None:
         return None
@@ -39,8 +43,20 @@ class Regularizer:
         return None
 
 
+def penalties(regularizers: Sequence[Regularizer]) -> list[Callable[[list[torch.Tensor]], torch.Tensor]]:
+    """The loss terms of the regularizers that add one (the trainer's `penalties`)."""
+    return [r.penalty for r in regularizers if r.adds_penalty]
+
+
+def constraints(regularizers: Sequence[Regularizer]) -> list[Callable[[nn.Module], None]]:
+    """The after-step constraints of the regularizers that have one (the trainer's `constraints`)."""
+    return [r.constrain for r in regularizers if r.constrains]
+
+
 class L1(Regularizer):
     """λ·Σ|w| over all weights (biases excluded)."""
+
+    adds_penalty = True
 
     def __init__(self, weight: float = 1e-5):
         self.weight = weight
@@ -51,6 +67,8 @@ class L1(Regularizer):
 
 class L2(Regularizer):
     """λ·Σw² over all weights (biases excluded), as Keras' `regularizers.l2`."""
+
+    adds_penalty = True
 
     def __init__(self, weight: float = 1e-4):
         self.weight = weight
@@ -79,6 +97,8 @@ class AlphaDropout(Dropout):
 class MaxNorm(Regularizer):
     """After every step, rescale each hidden unit's incoming weight vector (a row) to norm ≤ r."""
 
+    constrains = True
+
     def __init__(self, r: float = 3.0):
         self.r = r
         self._weights: list[torch.Tensor] | None = None
@@ -95,6 +115,8 @@ class MaxNorm(Regularizer):
 class EarlyStopping(Regularizer, Hook):
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs (keras.callbacks.EarlyStopping)."""
 
+    key = "EarlyStopping"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(
         self,
         monitor: str = "val_loss",
@@ -103,8 +125,8 @@ class EarlyStopping(Regularizer, Hook):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ):
-        if mode not in ("min", "max"):
-            raise ValueError(f"regularization.early_stopping.mode={mode!r} is not valid; use min or max")
+        if mode not in MONITOR_MODES:
+            raise ConfigError(f"regularization.early_stopping.mode={mode!r} is not valid; use {' or '.join(MONITOR_MODES)}")
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.restore_best = abs(min_delta), restore_best
         self.best = math.inf if mode == "min" else -math.inf

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from dnnlab import health
+from dnnlab.errors import ReportError
 from dnnlab.rundir import RunDir
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc", "epochs", "wall_s")
@@ -43,10 +44,6 @@ LAYER_PLOTS = {  # metrics prefix → (file, title, log scale)
     "dead_frac": ("dead_frac.png", "dead ReLU units per layer (fraction)", False),
     "sat_frac": ("sat_frac.png", "saturated units per layer (fraction)", False),
 }
-
-
-class ReportError(Exception):
-    """A path that cannot be reported on; main prints it as one line and exits 2."""
 
 
 @dataclass
@@ -83,12 +80,12 @@ class Run:
 # ---------------------------------------------------------------------------------------------
 
 def is_run(path: Path) -> bool:
-    return (path / "metrics.jsonl").is_file()
+    return RunDir(path, create=False).metrics_path.is_file()
 
 
 def read_overrides(path: Path) -> dict[str, str]:
     """`key=value` lines of Hydra's .hydra/overrides.yaml as a dict (empty without one)."""
-    file = path / ".hydra" / "overrides.yaml"
+    file = RunDir(path, create=False).overrides_path
     if not file.is_file():
         return {}
     pairs = (str(item).split("=", 1) for item in OmegaConf.to_container(OmegaConf.load(file)) or [])
@@ -525,7 +522,7 @@ def health_markdown(verdicts: list[dict[str, Any]]) -> str:
 
 
 def run_markdown(run: Run, rows: list[dict[str, Any]], plots: list[Path]) -> str:
-    config = run.path / ".hydra" / "config.yaml"
+    config = RunDir(run.path, create=False).config_path
     overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(none)"
     parts = [
         f"# dnnlab report: {run.path}\n",
@@ -640,7 +637,7 @@ def image_parts(plots: Sequence[Path]) -> list:
 def run_sections(run: Run, rows: list[dict[str, Any]], plots: list[Path]) -> list:
     from dnnlab.report_html import Code, Paragraph, Section
 
-    config = run.path / ".hydra" / "config.yaml"
+    config = RunDir(run.path, create=False).config_path
     overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(none)"
     return [
         Section("Summary", [html_table(rows, [run])]),

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.report import Run, job_key, same_value
+from dnnlab.rundir import RunDir
 
 @dataclass
 class Search:
@@ -29,10 +30,10 @@ class Search:
 
 def sweeper_config(path: Path) -> DictConfig | None:
     """The Optuna sweeper config that a sweep folder's first job recorded, else None (not an Optuna sweep)."""
-    jobs = sorted((p for p in path.iterdir() if (p / ".hydra" / "hydra.yaml").is_file()), key=job_key) if path.is_dir() else []
+    jobs = sorted((p for p in path.iterdir() if RunDir(p, create=False).launch_path.is_file()), key=job_key) if path.is_dir() else []
     if not jobs:
         return None
-    hydra = OmegaConf.load(jobs[0] / ".hydra" / "hydra.yaml").hydra
+    hydra = OmegaConf.load(RunDir(jobs[0], create=False).launch_path).hydra
     sweeper = hydra.get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_", "")).lower():
         return None

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken, writing
 from dnnlab.hooks import Hook
+from dnnlab.schema import MONITOR_MODES
 
 if TYPE_CHECKING:
     import torch
@@ -95,11 +96,15 @@ def finite_or_none(value: Any) -> Any:
 
 
 class RunDir:
-    """One run's folder and the files in it."""
+    """One run's folder and the files in it: the one owner of every path in a run folder.
 
-    def __init__(self, path: str | os.PathLike):
+    `create=False` names the paths of a folder that is only read (report, eval): nothing is made.
+    """
+
+    def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
 
     @property
     def metrics_path(self) -> Path:
@@ -110,11 +115,40 @@ class RunDir:
         return self.path / "summary.json"
 
     @property
+    def hydra_dir(self) -> Path:
+        return self.path / ".hydra"
+
+    @property
     def config_path(self) -> Path:
-        return self.path / ".hydra" / "config.yaml"
+        return self.hydra_dir / "config.yaml"
+
+    @property
+    def overrides_path(self) -> Path:
+        return self.hydra_dir / "overrides.yaml"
+
+    @property
+    def launch_path(self) -> Path:
+        """Hydra's own config of the job that started the run (.hydra/hydra.yaml)."""
+        return self.hydra_dir / "hydra.yaml"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
 
     def checkpoint_path(self, name: str = "last") -> Path:
-        return self.path / "checkpoints" / f"{name}.pt"
+        return self.checkpoints_dir / f"{name}.pt"
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def export_path(self) -> Path:
+        return self.path / "export.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
 
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_MARKERS)
@@ -219,9 +253,9 @@ class RunDir:
         dnnlab writes them (hydra.output_subdir is null), under the lock and only for a run that goes ahead,
         so a refused process leaves the folder as it was.
         """
-        for name, node in (("overrides.yaml", hydra_cfg.overrides.task), ("hydra.yaml", {"hydra": hydra_cfg})):
+        for path, node in ((self.overrides_path, hydra_cfg.overrides.task), (self.launch_path, {"hydra": hydra_cfg})):
             text = OmegaConf.to_yaml(node)
-            atomic_write(self.config_path.with_name(name), lambda f: f.write(text), mode="w")
+            atomic_write(path, lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         keeps = (f"A checkpoint is replaced only once whole, so {self.path} keeps the last complete one, if any: "
@@ -424,9 +458,11 @@ def remove_stray(path: str | os.PathLike) -> bool:
 class RunFolderHook(Hook):
     """Writes each epoch's metrics row, `last.pt` every epoch and `best.pt` on improvement."""
 
+    key = "RunFolderHook"  # its state in checkpoints: stable, whatever the class is called
+
     def __init__(self, run: RunDir, monitor: str = "val_loss", mode: str = "min", config_yaml: str = ""):
-        if mode not in ("min", "max"):
-            raise ValueError(f"trainer.monitor_mode={mode!r} is not valid; use min or max")
+        if mode not in MONITOR_MODES:
+            raise ConfigError(f"trainer.monitor_mode={mode!r} is not valid; use {' or '.join(MONITOR_MODES)}")
         self.run, self.monitor, self.mode, self.config_yaml = run, monitor, mode, config_yaml
         self.best: float | None = None
         self.best_epoch = 0

@@ -13,6 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
+from dnnlab.errors import ConfigError
+from dnnlab.schema import INTERVALS
+
 
 class PowerLR(LRScheduler):
     """η(t) = η₀ / (1 + t/s)^c."""
@@ -41,7 +44,7 @@ class PiecewiseConstantLR(LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, boundaries: list[int], factors: list[float], last_epoch: int = -1):
         if len(factors) != len(boundaries) + 1:
-            raise ValueError(
+            raise ConfigError(
                 f"schedule.factors needs one more entry than schedule.boundaries "
                 f"(got {len(factors)} factors for {len(boundaries)} boundaries)"
             )
@@ -90,8 +93,8 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: in
     """Instantiate the schedule; `total_steps`/`T_max` left null are the run's length in its interval."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     interval = kwargs.pop("interval", "epoch")
-    if interval not in ("step", "epoch"):
-        raise ValueError(f"schedule.interval={interval!r} is not valid; use step or epoch")
+    if interval not in INTERVALS:
+        raise ConfigError(f"schedule.interval={interval!r} is not valid; use {' or '.join(INTERVALS)}")
     if kwargs.get("_target_") is None:
         return Schedule(None, interval)
     length = epochs * steps_per_epoch if interval == "step" else epochs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -101,6 +102,10 @@ METRIC = Rule(lambda v: isinstance(v, str) and (v in EPOCH_METRICS or "/" in v),
 # config key (fnmatch pattern over the dotted path) → rule. Keys a config does not have are skipped.
 # torch.compile's modes (`trainer.compile`); here so validation need not import torch.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Allowed values, each set once: these rules and the constructors that take the value both read them.
+MONITOR_MODES = ("min", "max")  # trainer.monitor_mode, regularization.early_stopping.mode
+IMPLEMENTATIONS = ("auto", "fused", "foreach", "loop")  # optimizer.implementation
+INTERVALS = ("step", "epoch")  # schedule.interval
 
 RULES: dict[str, Rule] = {
     "seed": integer(),
@@ -110,7 +115,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": integer(1),
     "trainer.device": Rule(lambda v: v in ("auto", "cpu", "cuda") or bool(re.fullmatch(r"cuda:\d+", str(v))),
                            "auto, cpu, cuda or cuda:N"),
-    "trainer.monitor_mode": choice("min", "max"),
+    "trainer.monitor_mode": choice(*MONITOR_MODES),
     "trainer.progress": BOOLEAN,
     "trainer.overwrite": BOOLEAN,
     "trainer.diagnostics": BOOLEAN,
@@ -120,7 +125,7 @@ RULES: dict[str, Rule] = {
                             "true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES)),
     "trainer.cuda_graph": BOOLEAN,
     "trainer.channels_last": BOOLEAN,
-    "optimizer.implementation": choice("auto", "fused", "foreach", "loop"),
+    "optimizer.implementation": choice(*IMPLEMENTATIONS),
     "model.depth": integer(1),
     "model.width": integer(1),
     "model.dense": integer(1),
@@ -143,11 +148,11 @@ RULES: dict[str, Rule] = {
     "regularization.l1.weight": NON_NEGATIVE,
     "regularization.l2.weight": NON_NEGATIVE,
     "regularization.max_norm.r": POSITIVE,
-    "regularization.early_stopping.mode": choice("min", "max"),
+    "regularization.early_stopping.mode": choice(*MONITOR_MODES),
     "regularization.early_stopping.patience": integer(1),
     "regularization.early_stopping.min_delta": NON_NEGATIVE,
     "regularization.early_stopping.restore_best": BOOLEAN,
-    "schedule.interval": choice("step", "epoch"),
+    "schedule.interval": choice(*INTERVALS),
     "schedule.s": POSITIVE,
     "schedule.c": NON_NEGATIVE,
     "schedule.factor": number(0, 1, low_open=True, high_open=True),
@@ -299,6 +304,16 @@ def yaml_error(error: Exception) -> ConfigError:
     began = f"{context} that begins at line {start.line + 1}, column {start.column + 1}: " if context and start else ""
     return ConfigError(f"{mark.name} is not valid YAML: {began}{problem} (line {mark.line + 1}, column {mark.column + 1}). "
                        f"Fix the file (often a missing ']', '}}' or ':', or a tab used to indent).")
+
+
+def check_arguments(target: Any, kwargs: dict[str, Any], group: str, *args: Any) -> None:
+    """ConfigError when the `group` option's keys do not fit `target`'s signature (called with `args` first)."""
+    try:
+        inspect.signature(target).bind_partial(*args, **kwargs)
+    except TypeError as error:
+        name = f"{target.__module__}.{target.__qualname__}"
+        raise ConfigError(f"The {group} option's keys do not fit {name}: {error}. Its arguments: "
+                          f"{', '.join(inspect.signature(target).parameters)}.") from None
 
 
 def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str | None = None) -> None:

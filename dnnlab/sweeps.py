@@ -173,7 +173,7 @@ def clear_attempt(run: RunDir) -> None:
     """Remove an earlier failed attempt's outputs (metrics, checkpoints, summary), keeping .hydra/."""
     for path in (run.metrics_path, run.summary_path):
         path.unlink(missing_ok=True)
-    shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run.checkpoints_dir, ignore_errors=True)
 
 
 class SharedStudy(Callback):

@@ -31,16 +31,16 @@ from dnnlab.data import Splits
 from dnnlab.errors import one_line
 from dnnlab.hooks import EPOCH_METRICS, Hook
 from dnnlab.optim import GradClipper, load_optimizer_state
-from dnnlab.regularization import Regularizer, weight_tensors
+from dnnlab.regularization import weight_tensors
 from dnnlab.schedules import Schedule
 
 log = logging.getLogger("dnnlab")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def overrides(obj: object, method: str) -> bool:
-    """True when `obj` implements `method` itself rather than inheriting Regularizer's no-op."""
-    return getattr(type(obj), method) is not getattr(Regularizer, method)
+def batches(n: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of `n` samples (the last batch may be smaller)."""
+    return math.ceil(n / batch_size)
 
 
 def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,11 @@ def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """Trains `model` on `data` with the given optimizer, clipping, schedule and regularizers."""
+    """Trains `model` on `data` with the given optimizer, clipping, schedule, penalties and constraints.
+
+    `penalties`: each maps the model's weight tensors to a term added to the loss; `constraints`: each
+    acts on the model after every optimizer step (see dnnlab.regularization.penalties / constraints).
+    """
 
     def __init__(
         self,
@@ -58,7 +62,8 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         clipper: GradClipper,
         schedule: Schedule,
-        regularizers: Sequence[Regularizer] = (),
+        penalties: Sequence[Callable[[list[torch.Tensor]], torch.Tensor]] = (),
+        constraints: Sequence[Callable[[nn.Module], None]] = (),
         hooks: Sequence[Hook] = (),
         epochs: int = 10,
         batch_size: int = 32,
@@ -73,8 +78,7 @@ class Trainer:
     ):
         self.model, self.data, self.optimizer = model, data, optimizer
         self.clipper, self.schedule = clipper, schedule
-        self.penalties = [r for r in regularizers if overrides(r, "penalty")]
-        self.constraints = [r for r in regularizers if overrides(r, "constrain")]
+        self.penalties, self.constraints = list(penalties), list(constraints)
         self.hooks = list(hooks)
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.device = data.train_x.device
@@ -102,32 +106,38 @@ class Trainer:
         if channels_last:
             blocker = acceleration.channels_last_blocker(self.model)
             if blocker:
-                acceleration.fallback(self, "trainer.channels_last", blocker)
+                acceleration.fallback(self.notes, "trainer.channels_last", blocker)
             else:
                 self.model.to(memory_format=torch.channels_last)  # in place: the optimizer keeps its parameters
                 self.data = self.data.channels_last()
-                acceleration.record(self, "trainer.channels_last", "on")
+                acceleration.record(self.notes, "trainer.channels_last", "on")
         self.autocast = acceleration.autocast(self.device, precision, cache=not cuda_graph)
         if precision != "fp32":
-            acceleration.record(self, "trainer.precision", precision)
+            acceleration.record(self.notes, "trainer.precision", precision)
         mode = acceleration.compile_mode(compile)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         if mode:
-            self.forward = acceleration.CompiledForward(self, self.model, mode)
-            acceleration.record(self, "trainer.compile", f"on ({mode})")
+            self.forward = acceleration.CompiledForward(self.model, mode, self.notes)
+            acceleration.record(self.notes, "trainer.compile", f"on ({mode})")
         self.step_graph: acceleration.StepGraph | None = None
         if cuda_graph:
             blocker = acceleration.graph_blocker(self.device, mode) or acceleration.optimizer_blocker(self.optimizer)
             if blocker:
-                acceleration.fallback(self, "trainer.cuda_graph", blocker)
+                acceleration.fallback(self.notes, "trainer.cuda_graph", blocker)
             else:
-                self.step_graph = acceleration.StepGraph(self)
-                acceleration.record(self, "trainer.cuda_graph", "on (not captured yet)")
+                self.use_step_graph()
+                acceleration.record(self.notes, "trainer.cuda_graph", "on (not captured yet)")
         self.run_step: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = self.step_graph or self.eager_step
+
+    def use_step_graph(self, recorder: Any = None) -> None:
+        """Run every full batch's step through a CUDA graph of `update_at` (`recorder`: tests emulate one)."""
+        self.step_graph = acceleration.StepGraph(self.update_at, self.after_step, self.model, self.optimizer,
+                                                 self.batch_size, self.device, self.notes, recorder)
+        self.run_step = self.step_graph
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train_y) / self.batch_size)
+        return batches(len(self.data.train_y), self.batch_size)
 
     def stop(self, status: str, reason: str) -> None:
         """Ask the loop to end after the current epoch with `status`."""
@@ -249,6 +259,10 @@ class Trainer:
         """`train_step` on the training samples at `idx`."""
         return self.train_step(self.data.train_x[idx], self.data.train_y[idx])
 
+    def update_at(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`update` on the training samples at `idx` (the device work a CUDA graph captures)."""
+        return self.update(self.data.train_x[idx], self.data.train_y[idx])
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on (x, y); returns the batch's loss and score as device tensors."""
         out = self.update(x, y)
@@ -261,8 +275,8 @@ class Trainer:
             logits = self.forward(x)
             loss = self.loss_fn(logits, y)
         total = loss
-        for reg in self.penalties:
-            total = total + reg.penalty(self.weights)
+        for penalty in self.penalties:
+            total = total + penalty(self.weights)
         if self.nonfinite_optimized is not None:
             self.nonfinite_optimized += ~torch.isfinite(total.detach())
         self.optimizer.zero_grad(set_to_none=True)
@@ -270,8 +284,8 @@ class Trainer:
         if self.clipper:
             self.clipper()
         self.optimizer.step()
-        for reg in self.constraints:
-            reg.constrain(self.model)
+        for constrain in self.constraints:
+            constrain(self.model)
         return loss.detach().float(), self.score_fn(logits, y)
 
     def after_step(self) -> None:
@@ -351,7 +365,7 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "shuffle": self.generator.get_state(),
             },
-            "hooks": {type(h).__name__: h.state_dict() for h in self.hooks},
+            "hooks": {h.state_key: h.state_dict() for h in self.hooks},
         }
 
     def wall_s_so_far(self) -> float:
@@ -378,5 +392,5 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["shuffle"])
         for hook in self.hooks:
-            if type(hook).__name__ in state["hooks"]:
-                hook.load_state_dict(state["hooks"][type(hook).__name__])
+            if hook.state_key in state["hooks"]:
+                hook.load_state_dict(state["hooks"][hook.state_key])

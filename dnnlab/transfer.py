@@ -15,7 +15,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dnnlab.errors import ConfigError
 from dnnlab.hooks import Hook
+from dnnlab.rundir import RunDir
 
 log = logging.getLogger("dnnlab")
 
@@ -31,12 +33,11 @@ def architecture_config(model_cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in TRAINING_KEYS}
 
 
-def apply(model: nn.Module, cfg: DictConfig) -> nn.Module:
+def apply(model: nn.Module, model_cfg: DictConfig, data_cfg: DictConfig) -> nn.Module:
     """Load `model.pretrained`'s matching layers, then freeze the lowest `model.freeze` blocks."""
-    model_cfg = cfg.model
     freeze = settings(model_cfg, len(hidden_blocks(model)))[0]
     if model_cfg.get("pretrained"):
-        load_pretrained(model, model_cfg.pretrained, cfg)
+        load_pretrained(model, model_cfg.pretrained, labels(model_cfg, data_cfg))
     elif freeze:
         log.warning("model.freeze=%d without model.pretrained freezes randomly initialized layers", freeze)
     for _, block in hidden_blocks(model)[:freeze]:
@@ -51,14 +52,14 @@ def settings(model_cfg: DictConfig, n_blocks: int) -> tuple[int, int | None, flo
     scale = model_cfg.get("unfrozen_lr_scale")
     scale = 1.0 if scale is None else scale
     if not isinstance(freeze, int) or not 0 <= freeze <= n_blocks:
-        raise ValueError(f"model.freeze={freeze!r} is not valid: use the number of lowest hidden blocks to freeze, "
+        raise ConfigError(f"model.freeze={freeze!r} is not valid: use the number of lowest hidden blocks to freeze, "
                          f"an integer from 0 to {n_blocks} (this model's hidden blocks)")
     if unfreeze_at is not None and (not isinstance(unfreeze_at, int) or unfreeze_at < 0 or not freeze):
-        raise ValueError(f"model.unfreeze_at={unfreeze_at!r} is not valid: use null, or the number of epochs "
+        raise ConfigError(f"model.unfreeze_at={unfreeze_at!r} is not valid: use null, or the number of epochs "
                          f"after which the frozen blocks train again (an integer >= 0, with model.freeze > 0; "
                          f"model.freeze is {freeze})")
     if not isinstance(scale, (int, float)) or scale <= 0 or (scale != 1 and unfreeze_at is None):
-        raise ValueError(f"model.unfrozen_lr_scale={scale!r} is not valid: use a positive factor on the learning "
+        raise ConfigError(f"model.unfrozen_lr_scale={scale!r} is not valid: use a positive factor on the learning "
                          f"rate of the unfrozen blocks, together with model.unfreeze_at (1.0 = same rate)")
     return freeze, unfreeze_at, float(scale)
 
@@ -76,20 +77,20 @@ def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def checkpoint_file(pretrained: str | Path) -> Path:
     """A run folder means its checkpoints/best.pt; a .pt file is taken as is."""
     path = Path(str(pretrained)).expanduser()
-    file = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    file = RunDir(path, create=False).checkpoint_path("best") if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"model.pretrained={pretrained} is not a dnnlab run: expected a run folder holding "
             f"checkpoints/best.pt, or a .pt checkpoint file, but {file} does not exist"
         )
     return file
 
 
-def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | None = None) -> list[str]:
+def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple | None = None) -> list[str]:
     """Copy every layer whose tensors all match the checkpoint's by name and shape; say what was reused.
 
     A layer is reused whole or not at all (never only its bias). The output layer is reused only
-    when the source run learned the same labels (same data set, classes and task); otherwise it is
+    when the source run learned `own_labels` (same data set, classes and task); otherwise it is
     new, as the guides advise, even when its shape fits, and starts at zero (`zero_output`). When
     no layer below the output fits, nothing is worth reusing: a ValueError says why. Layers that do
     not fit are named on the terminal (a warning), with the reused ones.
@@ -103,14 +104,14 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, cfg: DictConfig | 
         checked(checkpoint["config"], f"the config inside {file}")  # same_labels reads it
     source, own = checkpoint["model"], model.state_dict()
     output = blocks(model)[-1]
-    new_output = cfg is not None and not same_labels(cfg, checkpoint.get("config"))
+    new_output = own_labels is not None and not same_labels(own_labels, checkpoint.get("config"))
     misfits = {layer: reason for layer in layers(own) if (reason := misfit(layer, own, source))}
     if new_output:
         misfits.update({layer: NEW_HEAD for layer in layers(own) if layer.split(".")[0] == output})
     matched = {k: source[k] for k in own if k.rsplit(".", 1)[0] not in misfits}
     reused = layers(matched)
     if all(layer.split(".")[0] == output for layer in reused):
-        raise ValueError(
+        raise ConfigError(
             f"model.pretrained={pretrained}: no layer below the output fits this model by name and shape, so "
             f"there is nothing to reuse ({'; '.join(f'{k}: {v}' for k, v in misfits.items())}). "
             f"Use the same model type with the same model.width (and input size) for the layers to reuse"
@@ -146,18 +147,19 @@ def zero_output(layer: nn.Module) -> None:
         tensor.zero_()
 
 
-def same_labels(cfg: DictConfig, source_yaml: str | None) -> bool:
-    """Whether the source run (its saved config) was trained on the same data, classes and task."""
+def labels(model_cfg: DictConfig, data_cfg: DictConfig) -> tuple:
+    """What a run's output layer learned: (data set, classes, task)."""
+    task = model_cfg.get("task") or {}
+    classes = data_cfg.get("classes")
+    return (data_cfg.get("name"), None if classes is None else list(classes), task.get("_target_", "dnnlab.pretrain.Classification"))
+
+
+def same_labels(own_labels: tuple, source_yaml: str | None) -> bool:
+    """Whether the source run (its saved config) was trained on `own_labels` (data, classes and task)."""
     if not source_yaml:
         return True  # a bare checkpoint: trust name and shape
     source = OmegaConf.create(source_yaml)
-
-    def labels(c: DictConfig) -> tuple:
-        task = c.model.get("task") or {}
-        classes = c.data.get("classes")
-        return (c.data.get("name"), None if classes is None else list(classes), task.get("_target_", "dnnlab.pretrain.Classification"))
-
-    return labels(source) == labels(cfg)
+    return labels(source.model, source.data) == own_labels
 
 
 def layers(state: dict[str, torch.Tensor]) -> list[str]:

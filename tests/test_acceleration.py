@@ -73,8 +73,7 @@ def fit(tmp_path, overrides, graphs: EmulatedGraphs | None = None):
     metrics = Metrics()
     trainer = build_trainer(compose([*SMALL, *overrides]), RunDir(tmp_path / ("graph" if graphs else "eager")), [metrics])
     if graphs is not None:
-        trainer.step_graph = StepGraph(trainer, graphs)
-        trainer.run_step = trainer.step_graph
+        trainer.use_step_graph(graphs)
     return trainer, trainer.fit(), metrics.rows
 
 
@@ -125,8 +124,7 @@ def test_resumed_graph_run_continues_like_an_uninterrupted_one(tmp_path):
     first, _, _ = fit(tmp_path / "a", [*overrides, "trainer.epochs=2"], EmulatedGraphs())
     metrics = Metrics()
     second = build_trainer(compose([*SMALL, *overrides]), RunDir(tmp_path / "b"), [metrics])
-    second.step_graph = StepGraph(second, EmulatedGraphs())  # built before the restore, as in dnnlab train
-    second.run_step = second.step_graph
+    second.use_step_graph(EmulatedGraphs())  # built before the restore, as in dnnlab train
     second.load_state_dict(first.state_dict())
     second.fit()
     assert_same_training(metrics.rows, whole[2:])

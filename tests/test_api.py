@@ -5,7 +5,7 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.catalog import options
-from test_data import write_fake_cifar, write_fake_mnist
+from helpers.fake_data import write_fake_cifar, write_fake_mnist
 
 GROUPS = ("initializer", "activation", "normalization", "regularization", "optimizer", "schedule", "model")
 CASES = [(g, o) for g in GROUPS for o in options(g) if not (g == "model" and o == "autoencoder")]

@@ -10,8 +10,7 @@ from omegaconf import OmegaConf
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.rundir import RunDir
-from test_rundir import snapshot
-from conftest import TINY
+from helpers.folders import snapshot
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
         "data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=2"]
@@ -122,6 +121,6 @@ def test_a_duplicate_sweep_launch_leaves_a_job_another_process_trains_alone(caps
 def test_a_run_started_with_overwrite_resumes(tmp_path):
     """trainer.overwrite says how the folder was claimed; continuing the run claims nothing, so it may differ."""
     run = tmp_path / "run"
-    assert main(["train", *TINY, f"hydra.run.dir={run}", "trainer.overwrite=true"]) == 0
-    assert main(["train", f"resume={run}", "trainer.epochs=2"]) == 0
-    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert main(["train", *FAST, f"hydra.run.dir={run}", "trainer.overwrite=true"]) == 0
+    assert main(["train", f"resume={run}", "trainer.epochs=3"]) == 0
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from dnnlab import data
 from dnnlab.data import DataError, Splits, load_data
+from helpers.fake_data import idx_bytes, write_fake_cifar, write_fake_mnist
 
 CONF = Path(__file__).resolve().parents[1] / "dnnlab" / "conf" / "data"
 ALL_DATA = ("digits", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10")
@@ -25,9 +26,16 @@ COMMON_KEYS = ("root", "download", "val_fraction", "split_seed", "scaling", "cla
                "train_fraction", "limit")
 
 
+def option(name: str):
+    """The shipped option as its defaults list composes it: data/_common.yaml, then the option's own keys."""
+    own = OmegaConf.load(CONF / f"{name}.yaml")
+    assert list(own.pop("defaults")) == ["_common", "_self_"]
+    return OmegaConf.merge(OmegaConf.load(CONF / "_common.yaml"), own)
+
+
 def make_cfg(name: str = "digits", **overrides):
     """The shipped yaml with overrides, interpolations (oc.env) resolved."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF / f"{name}.yaml"), overrides)
+    cfg = OmegaConf.merge(option(name), overrides)
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -42,7 +50,7 @@ def all_labels(s: Splits) -> torch.Tensor:
 def test_yaml_has_description_and_common_keys(name):
     text = (CONF / f"{name}.yaml").read_text(encoding="utf-8")
     assert text.startswith("# ") and len(text.splitlines()[0]) > 10
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = option(name)
     for key in COMMON_KEYS:
         assert key in cfg, f"{name}.yaml lacks {key}"
     assert cfg._target_ == f"dnnlab.data.load_{name}"
@@ -229,27 +237,6 @@ def test_plain_mapping_config_and_to_device():
 
 # --- IDX (MNIST / Fashion-MNIST) -----------------------------------------------------------
 
-def idx_bytes(arr: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
-
-
-def fake_images(n: int, offset: int) -> np.ndarray:
-    return ((np.arange(n)[:, None] * 7 + offset + np.arange(784)[None]) % 256).reshape(n, 28, 28)
-
-
-def write_fake_mnist(folder: Path) -> dict[str, np.ndarray]:
-    """20 train + 10 test fake images as the four gzipped IDX files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte.gz": fake_images(20, 0),
-              "train-labels-idx1-ubyte.gz": np.arange(20) % 10,
-              "t10k-images-idx3-ubyte.gz": fake_images(10, 3),
-              "t10k-labels-idx1-ubyte.gz": np.arange(10)[::-1]}
-    for fname, arr in arrays.items():
-        (folder / fname).write_bytes(gzip.compress(idx_bytes(arr)))
-    return arrays
-
-
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_idx_reader_on_fake_files(tmp_path, name):
     arrays = write_fake_mnist(tmp_path / name)
@@ -360,20 +347,6 @@ def test_download_failure_is_data_error_and_leaves_nothing(tmp_path, monkeypatch
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------
-
-def write_fake_cifar(batches: Path, per_batch: int = 4) -> list[dict]:
-    """Six pickled batches shaped like the real ones, 4 images each."""
-    batches.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    written = []
-    for i, fname in enumerate(data.CIFAR10_BATCHES):
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [(i + j) % 10 for j in range(per_batch)],
-                 b"batch_label": fname.encode()}
-        (batches / fname).write_bytes(pickle.dumps(batch))
-        written.append(batch)
-    return written
-
 
 def check_cifar(s: Splits, written: list[dict]) -> None:
     assert s.input_shape == (3, 32, 32) and len(s.train_y) == 20 and len(s.test_y) == 4

@@ -167,3 +167,43 @@ def test_one_class_is_fine_for_an_autoencoder(tiny_cfg):
     from dnnlab import schema
 
     schema.validate(tiny_cfg("model=autoencoder", "data.classes=[3]"))
+
+
+def test_every_user_facing_error_has_one_root():
+    from dnnlab.data import DataError
+    from dnnlab.report import ReportError
+    from dnnlab.studies.spec import StudyError
+    from dnnlab.tensorboard import MissingExtra
+    from dnnlab.errors import ConfigError, UserError
+
+    for cls in (DataError, ReportError, StudyError, MissingExtra, ConfigError):
+        assert issubclass(cls, UserError), cls
+    assert issubclass(ConfigError, ValueError)  # callers that catch a builder's ValueError still do
+
+
+def test_a_bugs_value_error_during_setup_keeps_its_traceback():
+    """setup_errors no longer dresses any ValueError as the user's mistake; a builder's ConfigError passes as is."""
+    from hydra.errors import InstantiationException
+
+    from dnnlab.api import setup_errors
+    from dnnlab.errors import ConfigError
+
+    with pytest.raises(ValueError) as raised, setup_errors():
+        raise ValueError("a bug deep in a builder")
+    assert not isinstance(raised.value, ConfigError)
+    with pytest.raises(ConfigError, match="lr=-1"), setup_errors():
+        try:
+            raise ConfigError("optimizer.lr=-1 is not valid")
+        except ConfigError as error:
+            raise InstantiationException("Error in call to target") from error
+
+
+def test_an_options_keys_that_do_not_fit_its_class_are_a_config_error():
+    import torch
+
+    from dnnlab.errors import ConfigError
+    from dnnlab.schema import check_arguments
+
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'lrr'"):
+        check_arguments(torch.optim.SGD, {"lrr": 0.1}, "optimizer", [])
+    check_arguments(torch.optim.SGD, {"lr": 0.1}, "optimizer", [])

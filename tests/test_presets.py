@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dnnlab.api import compose, train
-from dnnlab.models import check_self_normalizing, self_normalizing_problems
+from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing, self_normalizing_problems
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "dnnlab" / "conf" / "experiment"
 PRESETS = ("default_dnn", "self_normalizing", "low_latency", "pretrain_autoencoder", "pretrain_auxiliary")
@@ -57,9 +57,14 @@ def test_presets_encode_the_guides_tables():
     assert fast.activation.module._target_ == "torch.nn.LeakyReLU" and fast.normalization.position == "before"
 
 
+def groups(cfg) -> dict:
+    """The sub-nodes SELU's check reads."""
+    return {group: cfg[group] for group in SELF_NORMALIZING_GROUPS}
+
+
 def test_self_normalizing_preset_has_no_problems():
-    assert self_normalizing_problems(compose(["experiment=self_normalizing"])) == []
-    assert self_normalizing_problems(compose(["activation=relu", "model=cnn"])) == []  # not SELU: nothing to check
+    assert self_normalizing_problems(**groups(compose(["experiment=self_normalizing"]))) == []
+    assert self_normalizing_problems(**groups(compose(["activation=relu", "model=cnn"]))) == []  # not SELU: nothing to check
 
 
 @pytest.mark.parametrize("override, words", [
@@ -76,7 +81,7 @@ def test_broken_selu_conditions_warn_in_one_line(override, words):
     logger = logging.getLogger("dnnlab")
     logger.addHandler(handler)
     try:
-        check_self_normalizing(compose(["experiment=self_normalizing", override]))
+        check_self_normalizing(**groups(compose(["experiment=self_normalizing", override])))
     finally:
         logger.removeHandler(handler)
     assert len(records) == 1 and records[0].levelno == logging.WARNING

@@ -19,7 +19,7 @@ import torch
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.evaluate import evaluate, load_run
-from test_data import idx_bytes, write_fake_mnist
+from helpers.fake_data import idx_bytes, write_fake_mnist
 
 TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=200", "model.depth=2", "model.width=16",
         "trainer.epochs=2"]

@@ -30,13 +30,12 @@ def test_l2_and_l1_values():
     assert L1(0.5).penalty(ws).item() == pytest.approx(0.5 * sum(w.abs().sum().item() for w in ws), rel=1e-6)
 
 
-def test_max_norm_caps_every_row_after_a_step(tiny_cfg):
+def test_max_norm_caps_every_row_after_a_step(tiny_cfg, tmp_path):
     cfg = tiny_cfg("regularization=[max_norm]", "regularization.max_norm.r=0.5", "optimizer=sgd", "optimizer.lr=1.0")
     from dnnlab.api import build_trainer
     from dnnlab.rundir import RunDir
-    import tempfile
 
-    trainer = build_trainer(cfg, RunDir(tempfile.mkdtemp()))
+    trainer = build_trainer(cfg, RunDir(tmp_path / "capped"))
     x, y = trainer.data.train_x[:32], trainer.data.train_y[:32]
     trainer.train_step(x, y)
     hidden = [blk.linear.weight for name, blk in trainer.model.named_children() if name.startswith("hidden")]
@@ -44,7 +43,7 @@ def test_max_norm_caps_every_row_after_a_step(tiny_cfg):
     for w in hidden:
         assert w.norm(dim=1).max().item() <= 0.5 + 1e-5
     # without the constraint a step with lr=1 leaves rows far above 0.5
-    unconstrained = build_trainer(tiny_cfg("optimizer=sgd", "optimizer.lr=1.0"), RunDir(tempfile.mkdtemp()))
+    unconstrained = build_trainer(tiny_cfg("optimizer=sgd", "optimizer.lr=1.0"), RunDir(tmp_path / "free"))
     unconstrained.train_step(x, y)
     assert unconstrained.model.hidden1.linear.weight.norm(dim=1).max().item() > 0.5
 

@@ -176,3 +176,17 @@ def test_wall_s_after_a_resume_is_the_total_of_every_process(tmp_path, monkeypat
     assert 0.4 <= resumed["wall_s_this_process"] <= resumed["wall_s"] - 0.4
     assert resumed["wall_s"] <= resumed["wall_s_this_process"] + first["wall_s"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["wall_s"] == resumed["wall_s"]
+
+
+def test_hook_state_is_keyed_by_its_declared_name_not_its_class(tiny_cfg, tmp_path):
+    """A renamed hook class still finds its state: checkpoints name hooks by `key`."""
+    from dnnlab.api import build_trainer
+    from dnnlab.rundir import RunDir, RunFolderHook
+
+    class Renamed(RunFolderHook):
+        pass
+
+    trainer = build_trainer(tiny_cfg(), RunDir(tmp_path / "a"))
+    state = trainer.state_dict()
+    assert {"RunFolderHook", "DataFingerprint", "DiagnosticsHook"} <= set(state["hooks"])
+    assert Renamed.__name__ == "Renamed" and Renamed(RunDir(tmp_path / "b"), "val_loss", "min", "").state_key == "RunFolderHook"

@@ -15,6 +15,7 @@ import torch
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import CheckpointError, RunFolderError
 from dnnlab.hooks import Hook
+from helpers.folders import snapshot
 from dnnlab.rundir import (
     RunDir, atomic_write, find_checkpoint, load_checkpoint, model_mismatch, remove_stray, run_folder_of,
 )
@@ -273,12 +274,6 @@ def test_taking_the_lock_removes_only_dnnlabs_own_temp_files(tmp_path):
 
 
 # ------------------------------------------------------- a folder that already holds a run
-def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-    """Every file under `folder` (but the lock file) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
 def test_training_into_a_folder_that_holds_a_run_is_refused_and_changes_nothing(finished_run):
     before = snapshot(finished_run)
     with pytest.raises(RunFolderError) as info:
@@ -310,3 +305,24 @@ def test_overwrite_never_moves_or_mixes_a_users_own_files(finished_run):
         assert snapshot(finished_run) == before and not (finished_run.parent / "run.old-1").exists()
     finally:
         (finished_run / "notes.txt").unlink()
+
+
+def test_run_folder_names_are_spelt_only_in_rundir():
+    """RunDir owns every run-folder path: no other module spells one out (docstrings and messages aside)."""
+    import re
+
+    from pathlib import Path
+
+    import dnnlab
+
+    names = re.compile(r'"(metrics\.jsonl|summary\.json|checkpoints|last\.pt|best\.pt|\.hydra|overrides\.yaml|'
+                       r'hydra\.yaml|eval\.json|export\.json)"')
+    root = Path(dnnlab.__file__).parent
+    found = [f"{path.relative_to(root)}: {line.strip()}" for path in root.rglob("*.py") if path.name != "rundir.py"
+             for line in path.read_text().splitlines() if names.search(line)]
+    assert found == []
+
+
+def test_a_read_only_run_dir_makes_no_folder(tmp_path):
+    run = RunDir(tmp_path / "elsewhere", create=False)
+    assert run.config_path == tmp_path / "elsewhere" / ".hydra" / "config.yaml" and not run.path.exists()

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from dnnlab.api import compose, train
 from dnnlab.rundir import RunDir
 from dnnlab.sweeps import plan_job, thread_budget
-from test_rundir import snapshot
+from helpers.folders import snapshot
 
 TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.progress=false"]
 

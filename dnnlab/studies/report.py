@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 from omegaconf import OmegaConf
 
+from dnnlab.rundir import RunDir
 from dnnlab.studies import stats
 from dnnlab.studies.metrics import RunMetrics
 from dnnlab.studies.spec import Study, StudyError, from_config
@@ -19,17 +20,20 @@ def collect(folder: Path) -> tuple[Study, dict[str, dict[int, RunMetrics]], Any]
     """The study and its runs (arm → seed → run) in `folder`, and the first run's config."""
     runs: dict[str, dict[int, RunMetrics]] = {}
     study, first = None, None
-    for config in sorted(folder.glob("*/.hydra/config.yaml")):
+    for job in (RunDir(p, create=False) for p in (sorted(folder.iterdir()) if folder.is_dir() else []) if p.is_dir()):
+        config = job.config_path
+        if not config.is_file():
+            continue
         cfg = OmegaConf.load(config)
         node = cfg.get("study")
         if not node or not node.get("arm"):
             continue
         if study is None:
-            hydra = OmegaConf.load(config.parent / "hydra.yaml")
+            hydra = OmegaConf.load(job.launch_path)
             study, first = from_config(str(hydra.hydra.runtime.choices.get("study")), cfg), cfg
         if node.arm in study.arms:
-            run = RunMetrics(config.parent.parent, cfg, study.target, study.mc_passes)
-            run.choices = dict(OmegaConf.load(config.parent / "hydra.yaml").hydra.runtime.choices)
+            run = RunMetrics(job.path, cfg, study.target, study.mc_passes)
+            run.choices = dict(OmegaConf.load(job.launch_path).hydra.runtime.choices)
             runs.setdefault(str(node.arm), {})[int(cfg.seed)] = run
     if study is None:
         raise StudyError(f"{folder} holds no study runs (no <job>/.hydra/config.yaml with study.arm); give the folder "

@@ -1,0 +1,44 @@
+"""The package's shape: no import cycle among dnnlab's modules (module-level imports; in-function ones aside)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dnnlab
+
+ROOT = Path(dnnlab.__file__).parent
+
+
+def module_imports() -> dict[str, set[str]]:
+    """dnnlab module → the dnnlab modules it imports at module level."""
+    names = {".".join(p.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dnnlab"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("dnnlab"))
+        graph[name] = deps & names.keys() - {name}
+    return graph
+
+
+def test_no_import_cycle():
+    graph, state, cycles = module_imports(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                cycles.append(" → ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
