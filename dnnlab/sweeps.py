@@ -124,14 +124,17 @@ class Plan:
 
 
 # A folder's status → how well a job whose config it holds is served by it (higher: prefer that folder).
-PREFERENCE = {"completed": 3, "early_stopped": 3, "interrupted": 2}
+# Diverged is a finished result like completed (the same config diverges again, and a study such as
+# `clipping` measures the divergence rate): it is kept, not trained again.
+FINISHED = ("completed", "early_stopped", "diverged")
+PREFERENCE = {**dict.fromkeys(FINISHED, 3), "interrupted": 2}
 
 
 def plan_job(job_dir: Path, depth: int, cfg: DictConfig) -> Plan:
     """Where a sweep job runs and what it does there, matched by config, not by Hydra's job number.
 
-    A folder of the sweep holding this config's run is used: completed or early-stopped → skip,
-    interrupted → resume, failed or diverged → start over (its outputs are cleared, under the lock).
+    A folder of the sweep holding this config's run is used: completed, early-stopped or diverged →
+    skip, interrupted → resume, failed → start over (its outputs are cleared, under the lock).
     Else the job's own folder, unless it holds another config's run: that run is kept and the job
     goes to a new folder beside it. `depth`: how many levels below the sweep folder job folders lie.
     """
@@ -144,7 +147,7 @@ def plan_job(job_dir: Path, depth: int, cfg: DictConfig) -> Plan:
     if matches:
         folder, status = max(matches, key=lambda m: (PREFERENCE.get(m[1], 1), m[0] == job_dir))
         run = RunDir(folder)
-        if status in ("completed", "early_stopped"):
+        if status in FINISHED:
             return Plan("skip", folder, status, run.read_summary())
         if status == "interrupted":
             return Plan("resume", folder, status)

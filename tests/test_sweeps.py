@@ -82,6 +82,9 @@ def test_plan_job_matches_by_config_and_never_clears_another_configs_run(tmp_pat
     assert plan.action == "new" and plan.folder == tmp_path / "sweep" / "0-1" and plan.folder.is_dir()
     assert snapshot(job) == before
     assert plan_job(tmp_path / "sweep" / "7", 1, cfg).folder == job  # found by config, whatever its number
+    RunDir(job).write_summary({**RunDir(job).read_summary(), "status": "diverged"})  # a result, like completed
+    plan = plan_job(job, 1, cfg)
+    assert plan.action == "skip" and plan.summary["status"] == "diverged" and RunDir(job).holds_run()
     RunDir(job).write_summary({"status": "failed", "error": "boom"})  # the same config's failed attempt restarts
     plan = plan_job(job, 1, cfg)
     assert (plan.action, plan.folder) == ("restart", job) and not RunDir(job).holds_run()
