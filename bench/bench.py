@@ -36,8 +36,8 @@ from torch import nn
 
 from dnnlab.api import build_model, build_trainer, compose
 from dnnlab.data import Splits
-from dnnlab.hooks import Hook
-from dnnlab.rundir import RunDir
+from dnnlab.engine.hooks import Hook
+from dnnlab.runs.rundir import RunDir
 
 
 @dataclass

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 LAYERS = ("hidden1", "hidden2", "hidden3", "output")
 

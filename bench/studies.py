@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def packaged_studies() -> list[str]:
-    from dnnlab.catalog import CONF
+    from dnnlab.config.catalog import CONF
 
     return sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 

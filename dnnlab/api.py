@@ -15,20 +15,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from dnnlab import acceleration, record, schema, sweeps, transfer
+from dnnlab import transfer
+from dnnlab.config import schema
+from dnnlab.engine import acceleration
+from dnnlab.runs import record, sweeps
 from dnnlab.data import Splits, load_data
-from dnnlab.diagnostics import logger_hooks, observer_hooks
-from dnnlab.hooks import Hook
+from dnnlab.observe.diagnostics import logger_hooks, observer_hooks
+from dnnlab.engine.hooks import Hook
 from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing
 from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
 from dnnlab.regularization import Regularizer, constraints, penalties
 from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
-from dnnlab.rundir import (
+from dnnlab.runs.rundir import (
     RunDir, RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
 )
 from dnnlab.schedules import build_schedule
-from dnnlab.trainer import Trainer, batches
+from dnnlab.engine.trainer import Trainer, batches
 
 log = logging.getLogger("dnnlab")
 
@@ -319,7 +322,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
 
     `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
     """
-    from dnnlab.console import ProgressBar, attach_console, console, results_table
+    from dnnlab.observe.console import ProgressBar, attach_console, console, results_table
 
     schema.validate(cfg)  # before anything is built or written
     threads = sweeps.thread_budget(cfg.trainer.get("threads"), sweeps.sweep_job())

@@ -24,11 +24,11 @@ from hydra.experimental.callback import Callback
 # command → "module:function"; each function takes the remaining argv and returns an exit code.
 COMMANDS = {
     "train": "dnnlab.cli:train_main",
-    "list": "dnnlab.catalog:main",
-    "report": "dnnlab.report:main",
-    "lr-find": "dnnlab.lr_find:main",
-    "eval": "dnnlab.evaluate:main",
-    "export": "dnnlab.export:main",
+    "list": "dnnlab.config.catalog:main",
+    "report": "dnnlab.commands.report:main",
+    "lr-find": "dnnlab.commands.lr_find:main",
+    "eval": "dnnlab.commands.evaluate:main",
+    "export": "dnnlab.commands.export:main",
     "study": "dnnlab.studies:main",
 }
 
@@ -80,7 +80,7 @@ def hydra_app(task, argv: list[str], prog: str) -> int:
             carried.append(error)
             return math.nan
 
-    app = hydra.main(config_path="conf", config_name="config", version_base="1.3")(guarded)
+    app = hydra.main(config_path="pkg://dnnlab.conf", config_name="config", version_base="1.3")(guarded)
     saved, sys.argv = sys.argv, [prog, *argv]
     try:
         app()
@@ -135,8 +135,8 @@ def train_task(cfg) -> float:
 
     from dnnlab.api import resume_config, train
     from dnnlab.errors import RunFolderTaken
-    from dnnlab.rundir import remove_stray
-    from dnnlab.sweeps import plan_job
+    from dnnlab.runs.rundir import remove_stray
+    from dnnlab.runs.sweeps import plan_job
 
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
@@ -197,7 +197,7 @@ def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) ->
     from omegaconf.errors import OmegaConfBaseException
 
     from dnnlab.errors import one_line
-    from dnnlab.rundir import RunDir
+    from dnnlab.runs.rundir import RunDir
 
     report_error(error, prefix=f"sweep job {job_dir} failed: ")
     run = RunDir(job_dir)
@@ -263,7 +263,7 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         import json
 
-        from dnnlab.rundir import RunDir
+        from dnnlab.runs.rundir import RunDir
 
         summary_name = RunDir(".", create=False).summary_path.name
         for path in sorted(Path(config.hydra.sweep.dir).rglob(summary_name)):
@@ -276,7 +276,7 @@ def sweep_exit_code() -> int:
     """Print the sweep jobs that failed or diverged; 1 when any failed."""
     import yaml
 
-    from dnnlab.rundir import RunDir
+    from dnnlab.runs.rundir import RunDir
 
     bad = [s for s in SweepReport.outcome if s.get("status") in ("failed", "diverged")]
     for summary in bad:
@@ -300,7 +300,7 @@ def preflight(args: Any) -> Any:
     fails here, clearly. Returns the composed config (None when only Hydra's app can read the overrides)."""
     from omegaconf import open_dict
 
-    from dnnlab import schema
+    from dnnlab.config import schema
     from dnnlab.api import compose, resume_override
     from dnnlab.errors import UserError
 
@@ -407,8 +407,8 @@ def report_error(error: BaseException, prefix: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    if "--trust-config" in argv:  # configs read from disk may name any callable (see dnnlab.safe_config)
-        from dnnlab.safe_config import TRUST_ENV
+    if "--trust-config" in argv:  # configs read from disk may name any callable (see dnnlab.runs.safe_config)
+        from dnnlab.runs.safe_config import TRUST_ENV
 
         os.environ[TRUST_ENV] = "1"
     argv = [a for a in argv if a not in ("--debug", "--trust-config")]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dnnlab.conf import CONF_DIR
 from dnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ SCALINGS = ("standardize", "unit", "symmetric", "none")
 
 # Keys every data yaml carries (written once, in conf/data/_common.yaml, plus each option's `name`);
 # everything else (except _target_) goes to the loader.
-COMMON_YAML = Path(__file__).parent / "conf" / "data" / "_common.yaml"
+COMMON_YAML = CONF_DIR / "data" / "_common.yaml"
 
 
 def common_defaults() -> dict[str, Any]:

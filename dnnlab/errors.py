@@ -46,7 +46,7 @@ class DataError(UserError):
 
 
 class ReportError(UserError):
-    """A path that cannot be reported on (importable as dnnlab.report.ReportError too)."""
+    """A path that cannot be reported on (importable as dnnlab.commands.report.ReportError too)."""
 
 
 # errno → (what happened, what to do): the OS errors that are the machine's state, not a bug.

@@ -10,7 +10,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import ConfigError
-from dnnlab.schema import IMPLEMENTATIONS, check_arguments
+from dnnlab.config.schema import IMPLEMENTATIONS, check_arguments
 
 CLIP_KEYS = ("clip_value", "clip_norm")
 
@@ -68,7 +68,7 @@ def implementation_for_capture(cls: type) -> dict[str, bool]:
 def build_optimizer(cfg: DictConfig, params: Iterable[Any], capturable: bool = False) -> tuple[torch.optim.Optimizer, GradClipper]:
     """Instantiate the optimizer named by `cfg._target_` and the clipper from `cfg.clip_*`.
 
-    `capturable` asks for a kernel that a CUDA graph can capture (see dnnlab.acceleration).
+    `capturable` asks for a kernel that a CUDA graph can capture (see dnnlab.engine.acceleration).
     """
     params = list(params)
     kwargs = OmegaConf.to_container(cfg, resolve=True)

@@ -18,9 +18,9 @@ from torch import nn
 
 from dnnlab.data import Splits
 from dnnlab.errors import ConfigError
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 from dnnlab.schedules import Schedule
-from dnnlab.trainer import Trainer, count_correct
+from dnnlab.engine.trainer import Trainer, count_correct
 
 log = logging.getLogger("dnnlab")
 

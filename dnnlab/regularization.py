@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from dnnlab.errors import ConfigError
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 from dnnlab.initializers import WEIGHTED
-from dnnlab.schema import MONITOR_MODES
+from dnnlab.config.schema import MONITOR_MODES
 
 
 def weight_tensors(model: nn.Module, hidden_only: bool = False) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from dnnlab.errors import ConfigError
-from dnnlab.schema import INTERVALS
+from dnnlab.config.schema import INTERVALS
 
 
 class PowerLR(LRScheduler):

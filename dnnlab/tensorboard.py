@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import UserError
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 from dnnlab.initializers import WEIGHTED
 
 TECHNIQUES = ("data", "model", "initializer", "activation", "normalization", "optimizer", "schedule")

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dnnlab.errors import ConfigError
-from dnnlab.hooks import Hook
-from dnnlab.rundir import RunDir
+from dnnlab.engine.hooks import Hook
+from dnnlab.runs.rundir import RunDir
 
 log = logging.getLogger("dnnlab")
 
@@ -95,8 +95,8 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple 
     no layer below the output fits, nothing is worth reusing: a ValueError says why. Layers that do
     not fit are named on the terminal (a warning), with the reused ones.
     """
-    from dnnlab.rundir import load_checkpoint
-    from dnnlab.safe_config import checked
+    from dnnlab.runs.rundir import load_checkpoint
+    from dnnlab.runs.safe_config import checked
 
     file = checkpoint_file(pretrained)
     checkpoint = load_checkpoint(file)

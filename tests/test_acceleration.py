@@ -1,4 +1,4 @@
-"""Tests for dnnlab.acceleration: bf16, torch.compile, channels_last and the CUDA-graph step.
+"""Tests for dnnlab.engine.acceleration: bf16, torch.compile, channels_last and the CUDA-graph step.
 
 On CPU the CUDA-graph logic runs against `EmulatedGraphs`, which keeps a CUDA graph's contract
 (recording runs nothing; each replay redoes the recorded work with the hyper-parameter tensors
@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import torch
 
-from dnnlab.acceleration import StepGraph, optimizer_blocker
+from dnnlab.engine.acceleration import StepGraph, optimizer_blocker
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import ConfigError
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 from dnnlab.optim import implementation_for_capture
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 SMALL = ["data.limit=300", "model.depth=2", "model.width=16", "trainer.progress=false", "trainer.diagnostics=false",
          "trainer.batch_size=32", "trainer.epochs=3"]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from dnnlab.api import compose, train
-from dnnlab.catalog import options
+from dnnlab.config.catalog import options
 from helpers.fake_data import write_fake_cifar, write_fake_mnist
 
 GROUPS = ("initializer", "activation", "normalization", "regularization", "optimizer", "schedule", "model")

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from dnnlab.catalog import describe, groups, main, options
+from dnnlab.config.catalog import describe, groups, main, options
 
 DESIGN_GROUPS = {
     "initializer": {"default", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_uniform", "lecun_normal", "normal", "uniform", "orthogonal"},

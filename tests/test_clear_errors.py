@@ -262,8 +262,8 @@ def test_lr_find_warns_when_the_loss_is_lowest_at_the_first_rate(tmp_path, monke
 
 def test_no_packaged_experiment_sets_a_key_that_nothing_reads():
     """The misspelt-key check of config files (item 15) must not refuse dnnlab's own presets."""
-    from dnnlab.catalog import options
-    from dnnlab.schema import check_file_keys
+    from dnnlab.config.catalog import options
+    from dnnlab.config.schema import check_file_keys
 
     for name in options("experiment"):
         check_file_keys(compose([f"experiment={name}"]), [f"experiment={name}"])

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from dnnlab.api import compose, train
 from dnnlab.cli import main
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 from helpers.folders import snapshot
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dnnlab.api import train
-from dnnlab.diagnostics import DiagnosticsHook, dead_fraction, saturated_fraction
-from dnnlab.rundir import RunDir
+from dnnlab.observe.diagnostics import DiagnosticsHook, dead_fraction, saturated_fraction
+from dnnlab.runs.rundir import RunDir
 
 PREFIXES = ("grad_norm/", "weight_norm/", "act_mean/", "act_std/", "dead_frac/", "sat_frac/")
 

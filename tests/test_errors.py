@@ -10,7 +10,7 @@ import torch
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
         "data.limit=300", "model.depth=2", "model.width=16"]
@@ -164,14 +164,14 @@ def test_settings_that_would_train_wrong_numbers_are_refused(capsys, tmp_path, m
 
 
 def test_one_class_is_fine_for_an_autoencoder(tiny_cfg):
-    from dnnlab import schema
+    from dnnlab.config import schema
 
     schema.validate(tiny_cfg("model=autoencoder", "data.classes=[3]"))
 
 
 def test_every_user_facing_error_has_one_root():
     from dnnlab.data import DataError
-    from dnnlab.report import ReportError
+    from dnnlab.commands.report import ReportError
     from dnnlab.studies.spec import StudyError
     from dnnlab.tensorboard import MissingExtra
     from dnnlab.errors import ConfigError, UserError
@@ -202,7 +202,7 @@ def test_an_options_keys_that_do_not_fit_its_class_are_a_config_error():
     import torch
 
     from dnnlab.errors import ConfigError
-    from dnnlab.schema import check_arguments
+    from dnnlab.config.schema import check_arguments
 
     with pytest.raises(ConfigError, match="unexpected keyword argument 'lrr'"):
         check_arguments(torch.optim.SGD, {"lrr": 0.1}, "optimizer", [])

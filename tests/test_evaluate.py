@@ -1,4 +1,4 @@
-"""Tests for dnnlab.evaluate: `dnnlab eval RUN [--mc-dropout N] [--seed S]`."""
+"""Tests for dnnlab.commands.evaluate: `dnnlab eval RUN [--mc-dropout N] [--seed S]`."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.errors import UserError
-from dnnlab.evaluate import evaluate, load_run, mc_dropout_probs, outputs
+from dnnlab.commands.evaluate import evaluate, load_run, mc_dropout_probs, outputs
 
 TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=300", "model.width=32", "trainer.epochs=3"]
 

@@ -1,4 +1,4 @@
-"""Tests for dnnlab.export: batch-norm folding (exact to 1e-5), latency, reduced precision, the CLI."""
+"""Tests for dnnlab.commands.export: batch-norm folding (exact to 1e-5), latency, reduced precision, the CLI."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from torch import nn
 
 from dnnlab.api import compose, train
 from dnnlab.cli import main
-from dnnlab.evaluate import load_run, outputs
-from dnnlab.export import fold_bn
+from dnnlab.commands.evaluate import load_run, outputs
+from dnnlab.commands.export import fold_bn
 
 TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=200", "trainer.epochs=2"]
 MODELS = {"mlp": ["model.depth=3", "model.width=16", "regularization=[dropout]"],

@@ -1,4 +1,4 @@
-"""Tests for dnnlab.lr_find: the learning-rate range test, its files and its CLI."""
+"""Tests for dnnlab.commands.lr_find: the learning-rate range test, its files and its CLI."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.errors import ConfigError
-from dnnlab.lr_find import lr_find
+from dnnlab.commands.lr_find import lr_find
 
 TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=300", "model.width=16"]
 

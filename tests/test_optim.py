@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from dnnlab.api import compose
-from dnnlab.catalog import options
+from dnnlab.config.catalog import options
 from dnnlab.optim import build_optimizer
 
 EXPECTED = {

@@ -18,7 +18,7 @@ import torch
 
 from dnnlab.api import compose, train
 from dnnlab.cli import main
-from dnnlab.evaluate import evaluate, load_run
+from dnnlab.commands.evaluate import evaluate, load_run
 from helpers.fake_data import idx_bytes, write_fake_mnist
 
 TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=200", "model.depth=2", "model.width=16",

@@ -33,7 +33,7 @@ def test_l2_and_l1_values():
 def test_max_norm_caps_every_row_after_a_step(tiny_cfg, tmp_path):
     cfg = tiny_cfg("regularization=[max_norm]", "regularization.max_norm.r=0.5", "optimizer=sgd", "optimizer.lr=1.0")
     from dnnlab.api import build_trainer
-    from dnnlab.rundir import RunDir
+    from dnnlab.runs.rundir import RunDir
 
     trainer = build_trainer(cfg, RunDir(tmp_path / "capped"))
     x, y = trainer.data.train_x[:32], trainer.data.train_y[:32]

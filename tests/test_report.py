@@ -14,7 +14,7 @@ from PIL import Image
 
 from dnnlab.api import train
 from dnnlab.cli import main as dnnlab
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 TINY = ["data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=2", "trainer.progress=false"]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnnlab import report
+from dnnlab.commands import report
 from dnnlab.cli import main as dnnlab
-from dnnlab.report_html import Cell, Image, Items, Paragraph, Row, Section, Table, write_html
+from dnnlab.commands.report_html import Cell, Image, Items, Paragraph, Row, Section, Table, write_html
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("report_bench", ROOT / "bench" / "report_bench.py")

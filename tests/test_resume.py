@@ -16,7 +16,7 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.cli import main
-from dnnlab.rundir import load_checkpoint
+from dnnlab.runs.rundir import load_checkpoint
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu"]
 SMALL = [*FAST, "data.limit=300", "model.depth=2", "model.width=16"]
@@ -155,7 +155,7 @@ def test_sigkill_or_a_second_sigterm_at_a_random_moment_leaves_a_loadable_last_c
 
 def test_wall_s_after_a_resume_is_the_total_of_every_process(tmp_path, monkeypatch):
     """Issue 11 item 10e: 2 epochs kept of 0.2 s each, interrupted in the 3rd, resumed for epochs 3–4."""
-    from dnnlab.trainer import Trainer
+    from dnnlab.engine.trainer import Trainer
 
     epoch = Trainer.train_epoch
     first_process = [True]
@@ -181,7 +181,7 @@ def test_wall_s_after_a_resume_is_the_total_of_every_process(tmp_path, monkeypat
 def test_hook_state_is_keyed_by_its_declared_name_not_its_class(tiny_cfg, tmp_path):
     """A renamed hook class still finds its state: checkpoints name hooks by `key`."""
     from dnnlab.api import build_trainer
-    from dnnlab.rundir import RunDir, RunFolderHook
+    from dnnlab.runs.rundir import RunDir, RunFolderHook
 
     class Renamed(RunFolderHook):
         pass

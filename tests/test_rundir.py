@@ -14,9 +14,9 @@ import torch
 
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import CheckpointError, RunFolderError
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 from helpers.folders import snapshot
-from dnnlab.rundir import (
+from dnnlab.runs.rundir import (
     RunDir, atomic_write, find_checkpoint, load_checkpoint, model_mismatch, remove_stray, run_folder_of,
 )
 
@@ -61,7 +61,7 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_
     run.save_checkpoint("last", {"model": {"w": torch.zeros(1000)}, "epoch": 1})
     script = textwrap.dedent(f"""
         import time
-        from dnnlab.rundir import RunDir, atomic_write
+        from dnnlab.runs.rundir import RunDir, atomic_write
         def stall_halfway(f):
             f.write(b"PK" * 50_000)
             f.flush()
@@ -246,7 +246,7 @@ def test_an_error_during_training_writes_status_failed_then_raises(tmp_path):
 def test_best_is_a_snapshot_that_survives_later_writes_of_last(tmp_path):
     import torch
 
-    from dnnlab.rundir import RunDir
+    from dnnlab.runs.rundir import RunDir
 
     run = RunDir(tmp_path)
     run.save_checkpoint("last", {"epoch": 1})

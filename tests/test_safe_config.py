@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dnnlab import safe_config
+from dnnlab.runs import safe_config
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.errors import UnsafeConfigError
@@ -226,7 +226,7 @@ def test_allow_list_comes_from_the_packaged_yaml():
 
 
 def every_option() -> list[str]:
-    from dnnlab.catalog import groups, options
+    from dnnlab.config.catalog import groups, options
 
     picks = []
     for group in groups():

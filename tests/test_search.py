@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dnnlab.cli import main as dnnlab
-from dnnlab.report import read_overrides, same_value
+from dnnlab.commands.report import read_overrides, same_value
 
 optuna = pytest.importorskip("optuna")
 
@@ -45,7 +45,7 @@ def test_an_optuna_sweep_without_storage_is_rebuilt_from_its_jobs(tmp_path, caps
 
 def test_a_plain_sweep_does_not_import_optuna(tmp_path):
     sweep = report_bench.make_sweep(tmp_path / "sweep", jobs=4, epochs=2)
-    code = ("import sys; from dnnlab.report import main; main([sys.argv[1]]); "
+    code = ("import sys; from dnnlab.commands.report import main; main([sys.argv[1]]); "
             "print(sorted(m for m in ('optuna', 'plotly', 'tensorboard') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -99,7 +99,7 @@ def test_the_first_start_on_a_fresh_database_retries_the_schema_race(tmp_path, m
     """Two processes creating Optuna's tables at once: the loser gets IntegrityError and retries."""
     from sqlalchemy.exc import IntegrityError
 
-    from dnnlab.sweeps import prepare_study
+    from dnnlab.runs.sweeps import prepare_study
 
     real, calls = optuna.create_study, []
 
@@ -118,7 +118,7 @@ def test_the_first_start_on_a_fresh_database_retries_the_schema_race(tmp_path, m
 def test_a_sweep_without_storage_creates_no_study(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from dnnlab.sweeps import SharedStudy
+    from dnnlab.runs.sweeps import SharedStudy
 
     monkeypatch.setattr(optuna, "create_study", lambda **kw: pytest.fail("created a study"))
     SharedStudy().on_multirun_start(OmegaConf.create({"hydra": {"sweeper": {"_target_": "x.OptunaSweeper", "storage": None}}}))

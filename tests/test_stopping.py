@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dnnlab.api import compose, train
-from dnnlab.rundir import RunDir, find_checkpoint, load_checkpoint
+from dnnlab.runs.rundir import RunDir, find_checkpoint, load_checkpoint
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
         "data.limit=200", "model.depth=1", "model.width=8"]
@@ -114,7 +114,7 @@ def test_a_diverged_run_counts_the_steps_up_to_the_non_finite_one(tmp_path):
                                             "early_stopped")])
 def test_sigterm_during_the_test_evaluation_exits_143_and_resume_finishes_it(tmp_path, monkeypatch, extra, status):
     from dnnlab.cli import main
-    from dnnlab.trainer import Trainer
+    from dnnlab.engine.trainer import Trainer
 
     expected = train(compose([*WAVY, *extra]), run_dir=tmp_path / "straight")
     assert expected["status"] == status
@@ -143,7 +143,8 @@ def test_sigterm_during_the_test_evaluation_exits_143_and_resume_finishes_it(tmp
 # the write: temp file written, not yet renamed; or between best.pt and last.pt) until the test kills it.
 KILLABLE = textwrap.dedent("""
     import os, sys, time
-    from dnnlab import cli, rundir
+    from dnnlab import cli
+    from dnnlab.runs import rundir
     events, kind, at = open(os.environ["EVENTS"], "a"), os.environ.get("PAUSE_KIND"), int(os.environ.get("PAUSE_AT", 0))
     seen = {"write": 0, "link": 0}
 
@@ -195,7 +196,7 @@ def events(cwd: Path) -> list[str]:
 
 def loads(run: Path) -> None:
     """What someone opening the killed run does: report reads it, eval scores its checkpoint."""
-    from dnnlab import evaluate, report
+    from dnnlab.commands import evaluate, report
 
     runs, _ = report.collect([run])
     assert report.build_table(runs, "best_val_acc")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dnnlab.catalog import CONF
+from dnnlab.config.catalog import CONF
 from dnnlab.studies import main, stats
 from dnnlab.studies.spec import StudyError
 
@@ -125,7 +125,7 @@ def test_a_study_writes_a_self_contained_report_html(tmp_path):
     assert all(f">{arm}<" in page for arm in result["arms"]) and f"Verdict: {result['verdict']}" in page
     assert result["rule"].split(" (")[0] in page
     (folder / "report.html").unlink()
-    from dnnlab.report import main as report_main
+    from dnnlab.commands.report import main as report_main
 
     assert report_main([str(folder)]) == 0  # dnnlab report on a study folder is the study's report
     assert f"Verdict: {result['verdict']}" in (folder / "report.html").read_text()
@@ -160,7 +160,7 @@ study:
 
 def test_user_configs_folder_extends_groups(tmp_path, monkeypatch, capsys):
     from dnnlab.api import compose
-    from dnnlab.catalog import main as list_main
+    from dnnlab.config.catalog import main as list_main
     from dnnlab.studies.spec import names
 
     (tmp_path / "configs" / "study").mkdir(parents=True)

@@ -10,8 +10,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from dnnlab.api import compose, train
-from dnnlab.rundir import RunDir
-from dnnlab.sweeps import plan_job, thread_budget
+from dnnlab.runs.rundir import RunDir
+from dnnlab.runs.sweeps import plan_job, thread_budget
 from helpers.folders import snapshot
 
 TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.progress=false"]
@@ -165,7 +165,7 @@ def test_slurm_launcher_config_has_documented_keys():
 def test_missing_plugin_names_the_extra():
     from hydra.errors import MissingConfigException
 
-    from dnnlab.schema import config_error
+    from dnnlab.config.schema import config_error
 
     error = MissingConfigException("Could not find 'hydra/sweeper/optuna'", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
     message = str(config_error(error, ["hydra/sweeper=optuna"]))

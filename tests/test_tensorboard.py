@@ -9,7 +9,7 @@ import types
 import pytest
 
 from dnnlab.api import train
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 from dnnlab.tensorboard import MissingExtra, hparams
 
 

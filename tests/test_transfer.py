@@ -9,8 +9,8 @@ import torch
 
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import UserError
-from dnnlab.hooks import Hook
-from dnnlab.rundir import RunDir, load_checkpoint
+from dnnlab.engine.hooks import Hook
+from dnnlab.runs.rundir import RunDir, load_checkpoint
 from dnnlab.transfer import Unfreeze
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false"]

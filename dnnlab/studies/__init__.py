@@ -20,7 +20,7 @@ def list_studies() -> int:
     """One line per study: its name (marked when it is the user's), the claim, the source."""
     from omegaconf import OmegaConf
 
-    from dnnlab.catalog import roots
+    from dnnlab.config.catalog import roots
     from dnnlab.errors import one_line
     from dnnlab.studies.spec import from_config, names
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 MINIMIZED = ("loss", "epochs_to_target", "time_to_target", "act_std_drift", "act_mean_drift", "gap", "diverged",
              "mc_minus_det_nll", "fold_max_abs_diff")
@@ -89,13 +89,13 @@ class RunMetrics:
         return self._cache[key]
 
     def mc(self) -> dict[str, Any]:
-        from dnnlab.evaluate import evaluate, load_run
+        from dnnlab.commands.evaluate import evaluate, load_run
 
         return self.cached("mc", lambda: evaluate(load_run(self.path, device="cpu"), self.mc_passes, seed=0))
 
     def fold(self) -> dict[str, Any]:
-        from dnnlab.evaluate import load_run
-        from dnnlab.export import export
+        from dnnlab.commands.evaluate import load_run
+        from dnnlab.commands.export import export
 
         return self.cached("fold", lambda: export(load_run(self.path, device="cpu"), fold=True, repeats=50))
 

@@ -119,7 +119,7 @@ def expectation(where: str, raw: Any, metric: str, mode: str, arms: list[str]) -
 
 def names() -> list[str]:
     """Every study: dnnlab's and the user's (configs/study/)."""
-    from dnnlab.catalog import options
+    from dnnlab.config.catalog import options
 
     return list(options("study"))
 

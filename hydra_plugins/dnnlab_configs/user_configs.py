@@ -11,7 +11,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class DnnlabUserConfigs(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from dnnlab.catalog import user_configs
+        from dnnlab.config.catalog import user_configs
 
         # hydra.main names it pkg://dnnlab/conf, the compose API pkg://dnnlab.conf
         if not any((e.path or "").replace("/", ".").endswith("dnnlab.conf") for e in search_path.get_path()):

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnnlab.evaluate import DATA_ROOT_HELP, DROPOUTS, LoadedRun, load_run, outputs, scores
-from dnnlab.rundir import RunDir
+from dnnlab.commands.evaluate import DATA_ROOT_HELP, DROPOUTS, LoadedRun, load_run, outputs, scores
+from dnnlab.runs.rundir import RunDir
 
 TOLERANCE = 1e-5
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -143,7 +143,7 @@ def latencies(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, floa
 
 def save(model: nn.Module, example: torch.Tensor, folder: Path, stem: str) -> dict[str, str]:
     """The state dict, and a torch.export program with a dynamic batch size (when torch can export it)."""
-    from dnnlab.rundir import atomic_write
+    from dnnlab.runs.rundir import atomic_write
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {"state_dict": str(folder / f"{stem}.pt")}
@@ -220,9 +220,9 @@ def summary_table(result: dict[str, Any]):
 
 
 def main(argv: list[str]) -> int:
-    from dnnlab.console import console
-    from dnnlab.evaluate import json_safe, positive
-    from dnnlab.rundir import atomic_write
+    from dnnlab.observe.console import console
+    from dnnlab.commands.evaluate import json_safe, positive
+    from dnnlab.runs.rundir import atomic_write
 
     parser = argparse.ArgumentParser(prog="dnnlab export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run folder (holding .hydra/config.yaml and checkpoints/best.pt)")

@@ -11,9 +11,9 @@
   grouped into mean ± std (sample std, n − 1); `val_curves.png` overlays every run's validation
   curves (a seed group as its mean and min–max band); `parallel_coordinates.png` and
   `metric_vs_value.png` show which settings go with which result; an Optuna sweep adds its study's
-  best trial and views (dnnlab.report_optuna). Files go to the sweep folder (or the common parent of
+  best trial and views (dnnlab.commands.report_optuna). Files go to the sweep folder (or the common parent of
   several paths) unless `--out DIR`.
-- Both: `report.html`, the same report as one self-contained page (dnnlab.report_html).
+- Both: `report.html`, the same report as one self-contained page (dnnlab.commands.report_html).
 
 `--format md|csv|json` prints the table in that format to stdout instead of the rich table.
 """
@@ -32,9 +32,9 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from dnnlab import health
+from dnnlab.observe import health
 from dnnlab.errors import ReportError
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 METRICS = ("best_val_acc", "final_val_acc", "test_acc", "epochs", "wall_s")
 HIGHER_IS_BETTER = {"best_val_acc", "final_val_acc", "test_acc"}
@@ -582,8 +582,8 @@ def best_trial_text(trial: dict[str, Any]) -> str:
 
 def optuna_views(paths: Sequence[Path], runs: Sequence[Run], out: Path) -> tuple[list[dict[str, Any]], list[Path], list[str]]:
     """For the Optuna sweeps among `paths`: each study's best trial, Optuna's own plots, and notes on
-    what could not be drawn (see dnnlab.report_optuna; optuna is imported only for such a sweep)."""
-    from dnnlab import report_optuna
+    what could not be drawn (see dnnlab.commands.report_optuna; optuna is imported only for such a sweep)."""
+    from dnnlab.commands import report_optuna
 
     trials, plots, notes = [], [], []
     try:
@@ -600,18 +600,18 @@ def optuna_views(paths: Sequence[Path], runs: Sequence[Run], out: Path) -> tuple
 
 
 # ---------------------------------------------------------------------------------------------
-# report.html (dnnlab.report_html builds and escapes the page)
+# report.html (dnnlab.commands.report_html builds and escapes the page)
 # ---------------------------------------------------------------------------------------------
 
 def html_cells(row: dict[str, Any], columns: Sequence[str]) -> list:
-    from dnnlab.report_html import Cell
+    from dnnlab.commands.report_html import Cell
 
     return [Cell(cell(row, c), row.get(c) if row.get(c) != "" else None) for c in columns]
 
 
 def html_table(rows: list[dict[str, Any]], runs: Sequence[Run]):
     """The report's table; a seed group's row expands into its member jobs."""
-    from dnnlab.report_html import Row, Table
+    from dnnlab.commands.report_html import Row, Table
 
     columns = display_columns(rows)
     varying = varying_overrides(runs)
@@ -623,19 +623,19 @@ def html_table(rows: list[dict[str, Any]], runs: Sequence[Run]):
 
 
 def health_items(verdicts: list[dict[str, Any]]):
-    from dnnlab.report_html import Items, Paragraph
+    from dnnlab.commands.report_html import Items, Paragraph
 
     return Items([(v["verdict"], health.describe(v)) for v in verdicts]) if verdicts else Paragraph("No problems found.")
 
 
 def image_parts(plots: Sequence[Path]) -> list:
-    from dnnlab.report_html import Image
+    from dnnlab.commands.report_html import Image
 
     return [Image(p) for p in plots]
 
 
 def run_sections(run: Run, rows: list[dict[str, Any]], plots: list[Path]) -> list:
-    from dnnlab.report_html import Code, Paragraph, Section
+    from dnnlab.commands.report_html import Code, Paragraph, Section
 
     config = RunDir(run.path, create=False).config_path
     overrides = " ".join(f"{k}={v}" for k, v in run.overrides.items()) or "(none)"
@@ -648,7 +648,7 @@ def run_sections(run: Run, rows: list[dict[str, Any]], plots: list[Path]) -> lis
 
 
 def sweep_sections(runs: Sequence[Run], rows: list[dict[str, Any]], plots: list[Path], sort: str, trials: list) -> list:
-    from dnnlab.report_html import Paragraph, Section
+    from dnnlab.commands.report_html import Paragraph, Section
 
     varying = varying_overrides(runs)
     shared = {k: v for k, v in runs[0].overrides.items() if k not in varying and all(r.overrides.get(k) == v for r in runs)}
@@ -707,7 +707,7 @@ def print_rich(renderable) -> None:
 
 def write_report_html(out: Path, runs: Sequence[Run], rows: list[dict[str, Any]], plots: list[Path], sort: str,
                       trials: list, single: bool) -> Path:
-    from dnnlab.report_html import write_html
+    from dnnlab.commands.report_html import write_html
 
     if single:
         return write_html(out / "report.html", f"dnnlab report: {runs[0].path}", run_sections(runs[0], rows, plots))
@@ -761,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text(text)
     write_report_html(out, runs, rows, plots, args.sort, trials, single)
     if single and args.format is None:
-        from dnnlab.console import results_table
+        from dnnlab.observe.console import results_table
 
         print_rich(results_table({**runs[0].summary, "health": runs[0].health}))
     else:

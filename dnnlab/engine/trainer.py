@@ -2,7 +2,7 @@
 
 Speed by design: the data already lives on the device, batches are taken by index, per-step
 losses accumulate on the device, and the host reads them once per epoch. The opt-in fast paths
-(bf16, torch.compile, channels_last, a CUDA graph of `update`) live in dnnlab.acceleration.
+(bf16, torch.compile, channels_last, a CUDA graph of `update`) live in dnnlab.engine.acceleration.
 
 Stopping: SIGINT/SIGTERM end the loop before the next step. A partial epoch is abandoned, never
 checkpointed: `last.pt` always holds an epoch boundary (written at every epoch end and at the
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dnnlab import acceleration
+from dnnlab.engine import acceleration
 from dnnlab.data import Splits
 from dnnlab.errors import one_line
-from dnnlab.hooks import EPOCH_METRICS, Hook
+from dnnlab.engine.hooks import EPOCH_METRICS, Hook
 from dnnlab.optim import GradClipper, load_optimizer_state
 from dnnlab.regularization import weight_tensors
 from dnnlab.schedules import Schedule
@@ -102,7 +102,7 @@ class Trainer:
         self.setup_fast_paths(precision, compile, cuda_graph, channels_last)
 
     def setup_fast_paths(self, precision: str, compile: bool | str, cuda_graph: bool, channels_last: bool) -> None:
-        """bf16 autocast, torch.compile, channels_last and the CUDA-graph step (see dnnlab.acceleration)."""
+        """bf16 autocast, torch.compile, channels_last and the CUDA-graph step (see dnnlab.engine.acceleration)."""
         if channels_last:
             blocker = acceleration.channels_last_blocker(self.model)
             if blocker:

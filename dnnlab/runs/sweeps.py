@@ -19,7 +19,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 
 log = logging.getLogger("dnnlab")
 

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.conf import CONF_DIR
+
 from dnnlab.errors import UnsafeConfigError
 
 TRUST_ENV = "DNNLAB_TRUST_CONFIG"
@@ -38,7 +40,7 @@ def allowed() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
     Hydra's own settings (the `hydra` node, conf/hydra/) are left out: a run's config never
     configures Hydra, and nothing dnnlab reads from disk is handed to Hydra.
     """
-    conf = Path(__file__).parent / "conf"
+    conf = CONF_DIR
     targets: set[str] = set()
     resolvers: set[str] = set()
     keys: set[str] = set()

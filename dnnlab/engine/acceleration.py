@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dnnlab.errors import ConfigError, one_line
-from dnnlab.schema import COMPILE_MODES
+from dnnlab.config.schema import COMPILE_MODES
 
 log = logging.getLogger("dnnlab")
 

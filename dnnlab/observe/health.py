@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from dnnlab.hooks import Hook
-from dnnlab.rundir import RunDir
+from dnnlab.engine.hooks import Hook
+from dnnlab.runs.rundir import RunDir
 
 VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2

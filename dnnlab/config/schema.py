@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import ConfigError, did_you_mean
-from dnnlab.hooks import EPOCH_METRICS
+from dnnlab.engine.hooks import EPOCH_METRICS
 
 HYDRA_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
@@ -319,7 +319,7 @@ def check_arguments(target: Any, kwargs: dict[str, Any], group: str, *args: Any)
 def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str | None = None) -> None:
     """ConfigError for a key a config file (e.g. a --config-dir experiment) adds at the top level or under
     `trainer`, where dnnlab reads only its own keys: a misspelling would otherwise be silently ignored."""
-    from dnnlab.catalog import CONF, groups
+    from dnnlab.config.catalog import CONF, groups
 
     base = OmegaConf.load(CONF / "config.yaml")
     own_groups = [p.name for p in Path(config_dir).expanduser().iterdir() if p.is_dir()] if config_dir else []
@@ -489,7 +489,7 @@ def unknown_key(full_key: str, overrides: Sequence[str]) -> ConfigError:
     node = OmegaConf.select(cfg, parent) if parent else cfg
     keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
     if not parent:
-        from dnnlab.catalog import groups
+        from dnnlab.config.catalog import groups
 
         keys = sorted(set(keys) | set(groups()) - {"hydra"})
     where = f"under {parent}" if parent else "at the top level"

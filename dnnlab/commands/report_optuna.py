@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.report import Run, job_key, same_value
-from dnnlab.rundir import RunDir
+from dnnlab.commands.report import Run, job_key, same_value
+from dnnlab.runs.rundir import RunDir
 
 @dataclass
 class Search:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.data import Splits
 from dnnlab.errors import CheckpointError, ConfigError
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 
 # Config keys that decide what the weights compute and on which data; a checkpoint and its run
 # folder must agree on every key under them…
@@ -35,7 +35,7 @@ def under(key: str, prefixes: tuple[str, ...]) -> bool:
 
 def meaning(cfg: DictConfig) -> dict[str, Any]:
     """The flattened, resolved values of `cfg` that decide what its weights mean."""
-    from dnnlab.schema import flatten
+    from dnnlab.config.schema import flatten
 
     flat = flatten(OmegaConf.to_container(cfg, resolve=True))
     return {k: v for k, v in flat.items() if under(k, MEANING) and not under(k, NOT_MEANING)}
@@ -52,7 +52,7 @@ def differences(recorded: DictConfig, other: DictConfig, other_name: str = "the 
 def run_config(folder_config: Path | None, state: dict[str, Any], checkpoint: Path) -> DictConfig:
     """The config to rebuild `checkpoint`'s model with: its own (resolved at training time), checked
     against the folder's `.hydra/config.yaml`; the folder's for a checkpoint that carries none."""
-    from dnnlab import safe_config
+    from dnnlab.runs import safe_config
 
     folder = safe_config.load(folder_config) if folder_config is not None else None
     if not state.get("config"):

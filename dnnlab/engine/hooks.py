@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dnnlab.trainer import Trainer
+    from dnnlab.engine.trainer import Trainer
 
 # The keys of every epoch's metrics row, in order: what `trainer.monitor` and early stopping may watch.
 # Hooks may add more (diagnostics: grad_norm/<layer>, …). Torch-free, so config validation can read it.

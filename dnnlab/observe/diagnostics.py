@@ -35,9 +35,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 from dnnlab.initializers import WEIGHTED
-from dnnlab.rundir import RunDir
+from dnnlab.runs.rundir import RunDir
 from dnnlab.errors import ConfigError
 
 # Output bounds (low, high) of saturating activations, by module class.
@@ -197,7 +197,7 @@ def observer_hooks(run: RunDir, diagnostics: bool, activation_family: str, seed:
 
     They must come before the run folder's hook so that their keys are in the rows it writes.
     """
-    from dnnlab.health import HealthHook
+    from dnnlab.observe.health import HealthHook
 
     hooks: list[Hook] = []
     if diagnostics:

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from dnnlab.hooks import Hook
+from dnnlab.engine.hooks import Hook
 
 console = Console(stderr=True)
 
@@ -78,8 +78,8 @@ def results_table(summary: dict[str, Any]) -> Table:
 
 
 def add_health(table: Table, verdicts: list[dict[str, Any]]) -> None:
-    """The health verdicts (dnnlab.health) as a section of a two-column table."""
-    from dnnlab.health import describe
+    """The health verdicts (dnnlab.observe.health) as a section of a two-column table."""
+    from dnnlab.observe.health import describe
 
     table.add_section()
     if not verdicts:

@@ -41,12 +41,12 @@ class LoadedRun:
 def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", data_root: str | Path | None = None) -> LoadedRun:
     """Rebuild RUN's model from its checkpoint's config (checked against RUN/.hydra/config.yaml) and load
     RUN/checkpoints/<checkpoint>.pt; `data_root` replaces data.root (the data must still be the run's)."""
-    from dnnlab import record
+    from dnnlab.runs import record
     from dnnlab.api import build_model, build_regularizers, pick_device, setup_errors
     from dnnlab.data import load_data
     from dnnlab.errors import CheckpointError, RunFolderError
     from dnnlab.pretrain import build_task
-    from dnnlab.rundir import RunDir, load_checkpoint, model_mismatch
+    from dnnlab.runs.rundir import RunDir, load_checkpoint, model_mismatch
 
     path = Path(run).expanduser()
     folder = RunDir(path, create=False)
@@ -161,7 +161,7 @@ def table(result: dict[str, Any]):
 
 def json_safe(value: Any) -> Any:
     """`value` with every NaN/inf, however deeply nested, as None (JSON has no NaN)."""
-    from dnnlab.rundir import finite_or_none
+    from dnnlab.runs.rundir import finite_or_none
 
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
@@ -178,9 +178,9 @@ def positive(text: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from dnnlab.console import console
+    from dnnlab.observe.console import console
     from dnnlab.errors import writing
-    from dnnlab.rundir import RunDir, atomic_write
+    from dnnlab.runs.rundir import RunDir, atomic_write
 
     parser = argparse.ArgumentParser(prog="dnnlab eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="a run folder (holding .hydra/config.yaml and checkpoints/)")

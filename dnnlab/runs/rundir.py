@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken, writing
-from dnnlab.hooks import Hook
-from dnnlab.schema import MONITOR_MODES
+from dnnlab.engine.hooks import Hook
+from dnnlab.config.schema import MONITOR_MODES
 
 if TYPE_CHECKING:
     import torch

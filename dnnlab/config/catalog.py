@@ -5,7 +5,9 @@ import argparse
 import os
 from pathlib import Path
 
-CONF = Path(__file__).parent / "conf"
+from dnnlab.conf import CONF_DIR
+
+CONF = CONF_DIR
 USER_MARK = "(yours) "
 
 

@@ -178,7 +178,7 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
 
 def write_html(path: Path, title: str, sections: Sequence[Section]) -> Path:
     """Write one self-contained report page to `path` (no network, no files beside it needed)."""
-    from dnnlab.rundir import atomic_write
+    from dnnlab.runs.rundir import atomic_write
 
     text = render_html(title, sections)
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))  # never a half-written page

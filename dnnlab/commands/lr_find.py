@@ -113,7 +113,7 @@ def plot(rows: list[dict[str, float]], result: dict[str, float], path: Path) -> 
 def lr_find(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run the range test for `cfg` and write its files into `run_dir`; returns lr_find.json's content."""
     from dnnlab.api import build_trainer, setup_errors
-    from dnnlab.rundir import RunDir, atomic_write
+    from dnnlab.runs.rundir import RunDir, atomic_write
 
     s = settings(cfg)
     cfg = cfg.copy()
@@ -137,7 +137,7 @@ def lr_find(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def task(cfg: DictConfig) -> None:
     """Hydra task: the range test in Hydra's output folder, the suggestion on the terminal."""
     from dnnlab.api import default_run_dir
-    from dnnlab.console import console
+    from dnnlab.observe.console import console
 
     run_dir = default_run_dir()
     result = lr_find(cfg, run_dir)
@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
     from dnnlab.api import default_run_dir, resume_override
     from dnnlab.cli import hydra_app, preflight, special_flags
     from dnnlab.errors import UserError
-    from dnnlab.rundir import remove_stray
+    from dnnlab.runs.rundir import remove_stray
 
     # The lr_find group holds the test's own settings; overrides like lr_find.steps=100 refine it. It goes
     # among the overrides (argparse takes them in one run, Hydra's flags before or after them).

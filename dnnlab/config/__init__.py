@@ -1,0 +1,1 @@
+"""Config rules: allowed values and validation (`schema`), and the catalog of options (`catalog`, `dnnlab list`)."""

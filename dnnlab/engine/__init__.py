@@ -1,0 +1,1 @@
+"""The engine: the training loop (`trainer`), its named hook points (`hooks`) and the opt-in fast paths (`acceleration`)."""
