@@ -22,7 +22,7 @@ from dnnlab.runs import record, sweeps
 from dnnlab.data import Splits, load_data
 from dnnlab.observe.diagnostics import logger_hooks, observer_hooks
 from dnnlab.engine.hooks import Hook
-from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing
+from dnnlab.models import SELF_NORMALIZING_GROUPS, batch_norms, check_self_normalizing
 from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
 from dnnlab.regularization import Regularizer, constraints, penalties
@@ -273,7 +273,7 @@ def check_last_batch(model: nn.Module, n: int, batch_size: int) -> None:
 
     Refused rather than dropped: dropping it would train fewer samples than the config and the record say.
     """
-    norm = next((name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm1d)), None)
+    norm = next((name for name, m in batch_norms(model) if isinstance(m, nn.BatchNorm1d)), None)
     if norm is None or n % batch_size != 1:
         return
     sizes = sorted((b for b in range(2, min(n, 2 * batch_size) + 1) if n % b != 1), key=lambda b: (abs(b - batch_size), b))

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+from dnnlab.models import weighted_layers
 
 
 class Initializer:
@@ -21,9 +21,7 @@ class Initializer:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> nn.Module:
-        for module in model.modules():
-            if not isinstance(module, WEIGHTED):
-                continue
+        for _, module in weighted_layers(model):
             if self.weight is not None:
                 self.weight(module.weight)
             if module.bias is not None and self.bias is not None:

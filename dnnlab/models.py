@@ -3,6 +3,10 @@
 All are `nn.Sequential`s of named blocks (`hidden1`, `conv1`, …, `output`) so that layer names are
 stable across runs: diagnostics key on them and pretrained weights load by them (the autoencoder's
 encoder blocks are named exactly like the MLP's hidden blocks, so an MLP can reuse them).
+
+Their anatomy is declared here once (see "anatomy" below): the blocks, the output layer, the weight
+tensors, norms, dropouts and encoder/decoder pairs. Every tool (regularizers, initializers,
+diagnostics, transfer, pretraining, export, TensorBoard) asks these functions, never the structure.
 """
 from __future__ import annotations
 
@@ -11,12 +15,18 @@ import math
 from collections import OrderedDict
 from typing import Callable
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from dnnlab.errors import ConfigError
 
 Factory = Callable[..., nn.Module]
+
+# Block names (they are checkpoint keys: old runs load by them).
+HIDDEN = "hidden"  # dense hidden blocks hidden1…, also the autoencoder's encoder
+DECODER = "decode"  # the autoencoder's decoder blocks decode{depth}…decode1
+HEAD = "output"  # a classifier's output layer (the autoencoder ends in decode1, its reconstruction)
 
 
 def _block(
@@ -57,7 +67,7 @@ def mlp(
 ) -> nn.Sequential:
     """`depth` hidden layers of `width` units; with norm before the activation the layer has no bias."""
     layers = [("flatten", nn.Flatten()), *_dense_stack(math.prod(input_shape), depth, width, activation, norm, norm_position, dropout)]
-    layers.append(("output", nn.Linear(width if depth else math.prod(input_shape), n_classes)))
+    layers.append((HEAD, nn.Linear(width if depth else math.prod(input_shape), n_classes)))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -78,7 +88,7 @@ def _dense_stack(
     layers = []
     for i in range(1, depth + 1):
         linear = nn.Linear(fan_in, width, bias=bias)
-        layers.append((f"hidden{i}", _block(linear, width, activation, norm, norm_position, dropout)))
+        layers.append((f"{HIDDEN}{i}", _block(linear, width, activation, norm, norm_position, dropout)))
         fan_in = width
     return layers
 
@@ -105,8 +115,8 @@ def autoencoder(
     layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, depth, width, activation, norm, norm_position, dropout)]
     bias = not (norm is not None and norm_position == "before")
     for k in range(depth, 1, -1):  # decoder blocks have no dropout: they reconstruct clean codings
-        layers.append((f"decode{k}", _block(nn.Linear(width, width, bias=bias), width, activation, norm, norm_position, None)))
-    layers.append(("decode1", nn.Linear(width, n_features)))
+        layers.append((f"{DECODER}{k}", _block(nn.Linear(width, width, bias=bias), width, activation, norm, norm_position, None)))
+    layers.append((f"{DECODER}1", nn.Linear(width, n_features)))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -144,9 +154,75 @@ def cnn(
         channels = out
     layers.append(("flatten", nn.Flatten()))
     linear = nn.Linear(channels * height * width_px, dense, bias=bias)
-    layers.append(("hidden1", _block(linear, dense, activation, norm, norm_position, dropout)))
-    layers.append(("output", nn.Linear(dense, n_classes)))
+    layers.append((f"{HIDDEN}1", _block(linear, dense, activation, norm, norm_position, dropout)))
+    layers.append((HEAD, nn.Linear(dense, n_classes)))
     return nn.Sequential(OrderedDict(layers))
+
+
+# ---------------------------------------------------------------------------------- anatomy
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)  # layers with a weight matrix or filter bank
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every linear/conv layer with its dotted name, in module order (what initializers set and TensorBoard draws)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHTED)]
+
+
+def weights(model: nn.Module, hidden_only: bool = False) -> list[torch.Tensor]:
+    """Weights (not biases, not norm parameters) of every linear/conv layer; `hidden_only`: without the classifier's
+    head (`output`), the rows max-norm caps."""
+    head = getattr(model, HEAD, None)
+    return [m.weight for _, m in weighted_layers(model) if not (hidden_only and m is head)]
+
+
+def blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """The top-level blocks that hold weights, input side first (`hidden1`, `conv1`, …, `output`): the layers
+    diagnostics report and transfer reuses or freezes."""
+    return {name: block for name, block in model.named_children() if weighted_layers(block)}
+
+
+def output(model: nn.Module) -> tuple[str, nn.Module]:
+    """The last block (`output`; an autoencoder's `decode1`): the layer a transfer to other labels replaces."""
+    return list(blocks(model).items())[-1]
+
+
+def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The blocks below the output, input side first: what `model.freeze` counts."""
+    return list(blocks(model).items())[:-1]
+
+
+def stem(model: nn.Module) -> nn.Sequential:
+    """The weightless layers before the first block (`flatten`): the input as the first block sees it."""
+    first = next(iter(blocks(model)))
+    names = [name for name, _ in model.named_children()]
+    return nn.Sequential(*(getattr(model, name) for name in names[: names.index(first)]))
+
+
+def encoder_decoder_pairs(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """An autoencoder's (name, encoder block, decoder block), lowest first: `hidden{k}` with `decode{k}`, each
+    a shallow autoencoder of greedy layer-wise training."""
+    depth = sum(1 for name, _ in model.named_children() if name.startswith(HIDDEN))
+    return [(f"{HIDDEN}{k}", getattr(model, f"{HIDDEN}{k}"), getattr(model, f"{DECODER}{k}")) for k in range(1, depth + 1)]
+
+
+def batch_norms(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every batch norm with its dotted name (folded on export, kept in inference mode when frozen)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BATCH_NORMS)]
+
+
+def dropouts(model: nn.Module) -> list[nn.Module]:
+    """Every dropout layer (kept active by MC dropout)."""
+    return [m for m in model.modules() if isinstance(m, DROPOUTS)]
+
+
+def leaves(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, module) of every leaf module, in forward order (the models are nested Sequentials)."""
+    found = []
+    for name, child in model.named_children():
+        found.extend(leaves(child) if list(child.children()) else [(model, name, child)])
+    return found
 
 
 # The config groups SELU's conditions read (each one's sub-node is an argument below).

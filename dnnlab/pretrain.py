@@ -19,6 +19,7 @@ from torch import nn
 from dnnlab.data import Splits
 from dnnlab.errors import ConfigError
 from dnnlab.engine.hooks import Hook
+from dnnlab.models import encoder_decoder_pairs, stem
 from dnnlab.schedules import Schedule
 from dnnlab.engine.trainer import Trainer, count_correct
 
@@ -154,19 +155,17 @@ class GreedyLayerwise(Hook):
     def on_epoch_start(self, trainer: Trainer) -> None:
         if trainer.epoch > 0 or trainer.interrupted is not None:
             return
-        model = trainer.model
-        depth = sum(1 for name, _ in model.named_children() if name.startswith("hidden"))
+        pairs = encoder_decoder_pairs(trainer.model)
         stages = []
-        codings = self.codings(nn.Sequential(model.flatten), trainer.data)
-        for k in range(1, depth + 1):
-            pair = nn.Sequential(getattr(model, f"hidden{k}"), getattr(model, f"decode{k}"))
-            losses = self.train_pair(pair, codings, trainer)
+        codings = self.codings(stem(trainer.model), trainer.data)
+        for name, encoder, decoder in pairs:
+            losses = self.train_pair(nn.Sequential(encoder, decoder), codings, trainer)
             if losses is None:
-                log.warning("greedy pretraining interrupted at hidden%d/%d; a resume pretrains again from the start", k, depth)
+                log.warning("greedy pretraining interrupted at %s/%d; a resume pretrains again from the start", name, len(pairs))
                 return
-            stages.append({"layer": f"hidden{k}", "first_val_loss": losses[0], "val_loss": losses[1]})
-            log.info("greedy pretraining hidden%d/%d: val reconstruction loss %.4f → %.4f", k, depth, *losses)
-            codings = self.codings(getattr(model, f"hidden{k}"), codings)
+            stages.append({"layer": name, "first_val_loss": losses[0], "val_loss": losses[1]})
+            log.info("greedy pretraining %s/%d: val reconstruction loss %.4f → %.4f", name, len(pairs), *losses)
+            codings = self.codings(encoder, codings)
         self.stages = trainer.notes["greedy_stages"] = stages
 
     @torch.no_grad()

@@ -14,17 +14,8 @@ from torch import nn
 
 from dnnlab.errors import ConfigError
 from dnnlab.engine.hooks import Hook
-from dnnlab.initializers import WEIGHTED
+from dnnlab.models import weights
 from dnnlab.config.schema import MONITOR_MODES
-
-
-def weight_tensors(model: nn.Module, hidden_only: bool = False) -> list[torch.Tensor]:
-    """Weights (not biases, not norm parameters) of every linear/conv layer."""
-    output = getattr(model, "output", None)
-    return [
-        m.weight for m in model.modules()
-        if isinstance(m, WEIGHTED) and not (hidden_only and m is output)
-    ]
 
 
 class Regularizer:
@@ -106,7 +97,7 @@ class MaxNorm(Regularizer):
     @torch.no_grad()
     def constrain(self, model: nn.Module) -> None:
         if self._weights is None:
-            self._weights = weight_tensors(model, hidden_only=True)
+            self._weights = weights(model, hidden_only=True)
         for w in self._weights:
             # renorm over dim 0 treats each output unit (row / filter) separately
             w.copy_(torch.renorm(w, p=2, dim=0, maxnorm=self.r))

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import UserError
 from dnnlab.engine.hooks import Hook
-from dnnlab.initializers import WEIGHTED
+from dnnlab.models import weighted_layers
 
 TECHNIQUES = ("data", "model", "initializer", "activation", "normalization", "optimizer", "schedule")
 VALUES = ("optimizer.lr", "trainer.batch_size", "trainer.epochs", "model.depth", "model.width", "seed")
@@ -59,11 +59,10 @@ class TensorBoardHook(Hook):
         self.writer.flush()
 
     def add_histograms(self, model, epoch: int) -> None:
-        for name, module in model.named_modules():
-            if isinstance(module, WEIGHTED):
-                self.writer.add_histogram(f"weight/{name}", module.weight.detach(), epoch)
-                if module.weight.grad is not None:  # the last training step's gradient
-                    self.writer.add_histogram(f"grad/{name}", module.weight.grad, epoch)
+        for name, module in weighted_layers(model):
+            self.writer.add_histogram(f"weight/{name}", module.weight.detach(), epoch)
+            if module.weight.grad is not None:  # the last training step's gradient
+                self.writer.add_histogram(f"grad/{name}", module.weight.grad, epoch)
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
         if self.config is not None:

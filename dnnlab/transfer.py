@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dnnlab.errors import ConfigError
+from dnnlab.models import batch_norms, hidden_blocks, output
 from dnnlab.engine.hooks import Hook
 from dnnlab.runs.rundir import RunDir
 
@@ -23,7 +24,6 @@ log = logging.getLogger("dnnlab")
 
 # model.* keys that configure how the model is trained, not the architecture function's arguments.
 TRAINING_KEYS = ("pretrained", "freeze", "unfreeze_at", "unfrozen_lr_scale", "task")
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 NEW_HEAD = "new, zero: the source run learned other labels"
 
 
@@ -64,16 +64,6 @@ def settings(model_cfg: DictConfig, n_blocks: int) -> tuple[int, int | None, flo
     return freeze, unfreeze_at, float(scale)
 
 
-def blocks(model: nn.Module) -> list[str]:
-    """Names of the top-level blocks holding parameters, input side first; the last is the output layer."""
-    return [name for name, m in model.named_children() if next(m.parameters(), None) is not None]
-
-
-def hidden_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The parametric top-level blocks below the output layer, input side first."""
-    return [(name, getattr(model, name)) for name in blocks(model)[:-1]]
-
-
 def checkpoint_file(pretrained: str | Path) -> Path:
     """A run folder means its checkpoints/best.pt; a .pt file is taken as is."""
     path = Path(str(pretrained)).expanduser()
@@ -103,14 +93,14 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple 
     if checkpoint.get("config"):
         checked(checkpoint["config"], f"the config inside {file}")  # same_labels reads it
     source, own = checkpoint["model"], model.state_dict()
-    output = blocks(model)[-1]
+    head = output(model)[0]
     new_output = own_labels is not None and not same_labels(own_labels, checkpoint.get("config"))
     misfits = {layer: reason for layer in layers(own) if (reason := misfit(layer, own, source))}
     if new_output:
-        misfits.update({layer: NEW_HEAD for layer in layers(own) if layer.split(".")[0] == output})
+        misfits.update({layer: NEW_HEAD for layer in layers(own) if layer.split(".")[0] == head})
     matched = {k: source[k] for k in own if k.rsplit(".", 1)[0] not in misfits}
     reused = layers(matched)
-    if all(layer.split(".")[0] == output for layer in reused):
+    if all(layer.split(".")[0] == head for layer in reused):
         raise ConfigError(
             f"model.pretrained={pretrained}: no layer below the output fits this model by name and shape, so "
             f"there is nothing to reuse ({'; '.join(f'{k}: {v}' for k, v in misfits.items())}). "
@@ -120,9 +110,9 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple 
     say = log.warning if set(misfits.values()) - {NEW_HEAD} else log.info  # a misfit is news; a new head is the plan
     say("model.pretrained: reused %s from %s; not reused: %s", ", ".join(reused), file,
         ", ".join(f"{k} ({v})" for k, v in misfits.items()) or "none")
-    if not any(k.startswith(output + ".") for k in matched):
-        zero_output(getattr(model, output))
-        log.info("model.pretrained: the new output layer %s starts at zero", output)
+    if not any(k.startswith(head + ".") for k in matched):
+        zero_output(getattr(model, head))
+        log.info("model.pretrained: the new output layer %s starts at zero", head)
     return sorted(matched)
 
 
@@ -181,14 +171,13 @@ def inference_mode_pre_hook(module: nn.Module, args: Any) -> None:
 def set_frozen(block: nn.Module, frozen: bool) -> None:
     """Stop (or restart) training a block: no gradients, and its batch norms in inference mode."""
     block.requires_grad_(not frozen)
-    for m in block.modules():
-        if isinstance(m, BATCH_NORMS):
-            handle = getattr(m, "_dnnlab_frozen", None)
-            if frozen and handle is None:
-                m._dnnlab_frozen = m.register_forward_pre_hook(inference_mode_pre_hook)
-            elif not frozen and handle is not None:
-                handle.remove()
-                del m._dnnlab_frozen
+    for _, m in batch_norms(block):
+        handle = getattr(m, "_dnnlab_frozen", None)
+        if frozen and handle is None:
+            m._dnnlab_frozen = m.register_forward_pre_hook(inference_mode_pre_hook)
+        elif not frozen and handle is not None:
+            handle.remove()
+            del m._dnnlab_frozen
 
 
 def param_groups(model: nn.Module) -> list[Any]:

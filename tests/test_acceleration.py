@@ -304,8 +304,8 @@ def test_cuda_graph_keeps_max_norm_clipping_dropout_and_batchnorm(tmp_path):
     trainer, summary, _ = run_gpu(tmp_path, "graph", overrides)
     assert summary["fast_path"] == {"trainer.cuda_graph": "on (1 capture(s))"}
     assert summary["test_acc"] > 0.85
-    from dnnlab.regularization import weight_tensors
-    assert all(bool((w.norm(dim=1) <= 1.0 + 1e-4).all()) for w in weight_tensors(trainer.model, hidden_only=True))
+    from dnnlab.models import weights
+    assert all(bool((w.norm(dim=1) <= 1.0 + 1e-4).all()) for w in weights(trainer.model, hidden_only=True))
 
 
 @gpu

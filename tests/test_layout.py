@@ -42,3 +42,16 @@ def test_no_import_cycle():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_layer_kinds_are_declared_only_in_models():
+    """A module-level tuple of torch layer classes (WEIGHTED, BATCH_NORMS, DROPOUTS) lives in dnnlab.models alone."""
+    def is_layer_tuple(value: ast.AST) -> bool:
+        return isinstance(value, ast.Tuple) and bool(value.elts) and all(
+            isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "nn" for e in value.elts)
+
+    found = [f"{path.relative_to(ROOT.parent)}: {ast.unparse(node.targets[0])}"
+             for path in ROOT.rglob("*.py") if path.name != "models.py"
+             for node in ast.parse(path.read_text()).body
+             if isinstance(node, ast.Assign) and is_layer_tuple(node.value)]
+    assert found == []

@@ -51,3 +51,27 @@ def test_cnn_on_images_with_batchnorm():
 def test_cnn_refuses_feature_vectors():
     with pytest.raises(ValueError, match="model=mlp"):
         model_for("model=cnn", "data=synthetic")
+
+
+def test_anatomy_of_each_architecture():
+    from dnnlab import models
+
+    from dnnlab.api import build_regularizers
+
+    cfg = compose(["data.limit=100", "model.depth=3", "model.width=8", "regularization=[dropout]"])
+    mlp = build_model(cfg, load_data(cfg.data), build_regularizers(cfg))
+    assert list(models.blocks(mlp)) == ["hidden1", "hidden2", "hidden3", "output"]
+    assert models.output(mlp) == ("output", mlp.output)
+    assert [name for name, _ in models.hidden_blocks(mlp)] == ["hidden1", "hidden2", "hidden3"]
+    assert len(models.weights(mlp)) == 4 and len(models.weights(mlp, hidden_only=True)) == 3
+    assert len(models.dropouts(mlp)) == 3 and models.batch_norms(mlp) == []
+    cnn = model_for("model=cnn", "model.depth=2", "model.width=4", "model.dense=16", "normalization=batchnorm")
+    assert list(models.blocks(cnn)) == ["conv1", "conv2", "hidden1", "output"]
+    assert [name for name, _ in models.batch_norms(cnn)] == ["conv1.norm", "conv2.norm", "hidden1.norm"]
+    ae = model_for("model=autoencoder", "model.depth=2")
+    assert models.output(ae)[0] == "decode1"
+    assert [(n, e, d) for n, e, d in models.encoder_decoder_pairs(ae)] == [
+        ("hidden1", ae.hidden1, ae.decode1), ("hidden2", ae.hidden2, ae.decode2)]
+    assert list(models.stem(ae)) == [ae.flatten]
+    assert len(models.weights(ae, hidden_only=True)) == 4  # no classifier head: every layer is constrained
+    assert [type(m) for _, _, m in models.leaves(mlp)][:3] == [nn.Flatten, nn.Linear, nn.ReLU]

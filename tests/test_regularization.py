@@ -4,7 +4,8 @@ from torch import nn
 
 from dnnlab.api import build_model, build_regularizers
 from dnnlab.data import load_data
-from dnnlab.regularization import L1, L2, EarlyStopping, MaxNorm, weight_tensors
+from dnnlab.models import weights
+from dnnlab.regularization import L1, L2, EarlyStopping, MaxNorm
 
 
 def small_model() -> nn.Sequential:
@@ -15,7 +16,7 @@ def small_model() -> nn.Sequential:
 @pytest.mark.parametrize("reg", [L1(0.1), L2(0.1)])
 def test_penalties_leave_biases_alone(reg):
     model = small_model()
-    reg.penalty(weight_tensors(model)).backward()
+    reg.penalty(weights(model)).backward()
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             assert p.grad is None
@@ -25,7 +26,7 @@ def test_penalties_leave_biases_alone(reg):
 
 def test_l2_and_l1_values():
     model = small_model()
-    ws = weight_tensors(model)
+    ws = weights(model)
     assert L2(0.5).penalty(ws).item() == pytest.approx(0.5 * sum((w**2).sum().item() for w in ws), rel=1e-6)
     assert L1(0.5).penalty(ws).item() == pytest.approx(0.5 * sum(w.abs().sum().item() for w in ws), rel=1e-6)
 

@@ -19,10 +19,10 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from dnnlab.data import Splits
+from dnnlab.models import dropouts
 from dnnlab.pretrain import Classification
 
 DATA_ROOT_HELP = "where the run's data set lies here, if not where it lay when training (its fingerprint must match)"
-DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
 @dataclass
@@ -104,12 +104,12 @@ def scores(loaded: LoadedRun, out: torch.Tensor, probs: torch.Tensor | None = No
 
 def mc_dropout_probs(model: nn.Module, x: torch.Tensor, passes: int, seed: int) -> torch.Tensor:
     """Softmax averaged over `passes` forward passes with dropout on and batch norm frozen; repeatable by `seed`."""
-    dropouts = [m for m in model.modules() if isinstance(m, DROPOUTS)]
+    layers = dropouts(model)
     model.eval()
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # leaves the caller's random state as it was
         torch.manual_seed(seed)
-        for m in dropouts:
+        for m in layers:
             m.train()  # only dropout samples; batch norm still normalizes with its running statistics
         try:
             return torch.stack([outputs(model, x).softmax(1) for _ in range(passes)]).mean(0)
@@ -127,7 +127,7 @@ def evaluate(loaded: LoadedRun, mc_passes: int = 0, seed: int = 0) -> dict[str, 
         "n": len(loaded.data.test_y), "deterministic": scores(loaded, out),
     }
     if mc_passes:
-        if not any(isinstance(m, DROPOUTS) for m in loaded.model.modules()):
+        if not dropouts(loaded.model):
             raise ConfigError(f"--mc-dropout {mc_passes}: the model of {loaded.path} has no dropout layer to keep "
                               f"active; train it with regularization=[dropout] (or alpha_dropout).")
         if not isinstance(loaded.task.loss_fn, nn.CrossEntropyLoss):

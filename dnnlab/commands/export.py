@@ -26,23 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dnnlab.commands.evaluate import DATA_ROOT_HELP, DROPOUTS, LoadedRun, load_run, outputs, scores
+from dnnlab.commands.evaluate import DATA_ROOT_HELP, LoadedRun, load_run, outputs, scores
+from dnnlab.models import BATCH_NORMS, DROPOUTS, WEIGHTED, leaves
 from dnnlab.runs.rundir import RunDir
 
 TOLERANCE = 1e-5
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-FOLDS_INTO = (nn.Linear, nn.Conv1d, nn.Conv2d)
 # Modules that are the identity on a BN1d's (N, C) output at inference: BN may fold across them.
 IDENTITY_AT_INFERENCE = (*DROPOUTS, nn.Identity, nn.Flatten)
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def leaves(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, attribute, module) of every leaf module, in forward order (dnnlab's models are nested Sequentials)."""
-    found = []
-    for name, child in model.named_children():
-        found.extend(leaves(child) if list(child.children()) else [(model, name, child)])
-    return found
 
 
 def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +89,7 @@ def fold_bn(model: nn.Module) -> tuple[nn.Module, list[str], list[dict[str, str]
             kept.append({"layer": where, "why": "it normalizes with batch statistics at inference (no running statistics)"})
             continue
         previous = sequence[i - 1][2] if i else None
-        if isinstance(previous, FOLDS_INTO) and previous.weight.shape[0] == bn.num_features:
+        if isinstance(previous, WEIGHTED) and previous.weight.shape[0] == bn.num_features:
             fold_into_previous(previous, bn)
             folded.append(f"{where} → {name_of(model, previous)}")
         else:

@@ -29,9 +29,9 @@ from torch import nn
 from dnnlab.engine import acceleration
 from dnnlab.data import Splits
 from dnnlab.errors import one_line
+from dnnlab.models import weights
 from dnnlab.engine.hooks import EPOCH_METRICS, Hook
 from dnnlab.optim import GradClipper, load_optimizer_state
-from dnnlab.regularization import weight_tensors
 from dnnlab.schedules import Schedule
 
 log = logging.getLogger("dnnlab")
@@ -88,7 +88,7 @@ class Trainer:
         # Classification by default; other tasks (reconstruction, auxiliary) bring their own pair.
         self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
         self.score_fn = score_fn if score_fn is not None else count_correct
-        self.weights = weight_tensors(model)
+        self.weights = weights(model)
         # A generator of its own, so shuffling is independent of dropout's RNG draws.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.epoch = 0  # epochs completed

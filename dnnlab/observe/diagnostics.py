@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dnnlab.engine.hooks import Hook
-from dnnlab.initializers import WEIGHTED
+from dnnlab.models import blocks, weights
 from dnnlab.runs.rundir import RunDir
 from dnnlab.errors import ConfigError
 
@@ -54,18 +54,6 @@ BOUNDS: dict[type[nn.Module], Callable[[nn.Module], tuple[float, float]]] = {
 PROBE_FRACTION, PROBE_MIN, PROBE_MAX = 1 / 20, 64, 256
 SAT_BAND = 0.01  # "near a bound": within this fraction of the output range
 SAT_MAJORITY = 0.5  # a unit is saturated when near a bound for more than this fraction of samples
-
-
-def layer_blocks(model: nn.Module) -> dict[str, nn.Module]:
-    """The model's named top-level blocks that hold weights (`hidden1`, `conv1`, …, `output`)."""
-    return {
-        name: block for name, block in model.named_children()
-        if any(isinstance(m, WEIGHTED) for m in block.modules())
-    }
-
-
-def block_weights(block: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in block.modules() if isinstance(m, WEIGHTED)]
 
 
 def combined_norm(norms: list[float]) -> float:
@@ -114,7 +102,7 @@ class DiagnosticsHook(Hook):
         size = self.probe_size or min(PROBE_MAX, max(PROBE_MIN, int(len(y) * PROBE_FRACTION)))
         idx = torch.randperm(len(y), generator=generator)[:size].to(x.device)
         self.probe = (x[idx], y[idx])
-        self.blocks = layer_blocks(trainer.model)
+        self.blocks = blocks(trainer.model)
         self.bounds = {  # saturating activations' output ranges, by layer
             name: BOUNDS[type(block.act)](block.act) for name, block in self.blocks.items()
             if self.family == "saturating" and type(getattr(block, "act", None)) in BOUNDS
@@ -138,8 +126,8 @@ class DiagnosticsHook(Hook):
 
     def measure(self, model: nn.Module, loss_fn: nn.Module) -> dict[str, float]:
         """Probe forward + backward in eval mode; every statistic, read with one host sync."""
-        weights = {name: block_weights(block) for name, block in self.blocks.items()}
-        flat = [w for ws in weights.values() for w in ws]
+        weights_of = {name: weights(block) for name, block in self.blocks.items()}
+        flat = [w for ws in weights_of.values() for w in ws]
         trainable = [w for w in flat if w.requires_grad]  # frozen layers have no gradient to report
         acts, grads = self.probe_pass(model, loss_fn, trainable)
         with torch.no_grad():
@@ -151,7 +139,7 @@ class DiagnosticsHook(Hook):
         weight_norm = dict(zip(map(id, flat), values))
         grad_norm = dict(zip(map(id, trainable), values[len(flat):]))
         stats = {}
-        for name, ws in weights.items():
+        for name, ws in weights_of.items():
             if any(id(w) in grad_norm for w in ws):
                 stats[f"grad_norm/{name}"] = combined_norm([grad_norm[id(w)] for w in ws if id(w) in grad_norm])
             stats[f"weight_norm/{name}"] = combined_norm([weight_norm[id(w)] for w in ws])
