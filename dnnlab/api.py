@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from dnnlab import transfer
-from dnnlab.config import schema
+from dnnlab.config import choices, schema
+from dnnlab.config.overrides import config_error, config_search, group_options, parse_overrides, yaml_error
 from dnnlab.engine import acceleration
 from dnnlab.runs import record, sweeps
 from dnnlab.data import Splits, load_data
@@ -52,18 +52,18 @@ def compose(overrides: Sequence[str] = (), config_dir: str | None = None, with_h
     if resume is not None:
         return resume_config(resume[1], [o for i, o in enumerate(overrides) if i != resume[0]])
     GlobalHydra.instance().clear()
-    with schema.config_search(config_dir):
+    with config_search(config_dir):
         try:
             return hydra_compose("config", overrides=overrides, return_hydra_config=with_hydra)
         except HydraException as error:
-            raise schema.config_error(error, overrides) from error
+            raise config_error(error, overrides) from error
         except yaml.YAMLError as error:  # a config file (a --config-dir one) that does not parse
-            raise schema.yaml_error(error) from error
+            raise yaml_error(error) from error
 
 
 def resume_override(overrides: Sequence[str]) -> tuple[int, str] | None:
     """(index, value) of a `resume=PATH` among `overrides`, or None."""
-    for i, override in enumerate(schema.parse_overrides(overrides)):
+    for i, override in enumerate(parse_overrides(overrides)):
         if override.key_or_group == "resume" and not override.is_delete() and override.value() not in (None, ""):
             return i, str(override.value())
     return None
@@ -80,7 +80,7 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
     OmegaConf.set_struct(cfg, True)
     if OmegaConf.select(cfg, "trainer.overwrite"):
         cfg.trainer.overwrite = False  # it said how the run started; continuing it moves nothing aside
-    for override in schema.parse_overrides(overrides):
+    for override in parse_overrides(overrides):
         apply_resume_override(cfg, override)
     with open_dict(cfg):
         cfg.resume = str(resume)
@@ -90,7 +90,7 @@ def resume_config(resume: str | Path, overrides: Sequence[str] = ()) -> DictConf
 def apply_resume_override(cfg: DictConfig, override: Any) -> None:
     """One `key=value` (or `+key=value`) override on a resumed run's config."""
     key = override.key_or_group
-    if ("/" in key or key.startswith("hydra") or schema.group_options(key) or override.is_sweep_override()
+    if ("/" in key or key.startswith("hydra") or group_options(key) or override.is_sweep_override()
             or override.is_delete()):
         raise ConfigError(
             f"{override.input_line}: resume= continues a run with the config it was trained with, so only values "
@@ -119,8 +119,8 @@ def pick_device(name: str, option: str = "trainer.device=") -> torch.device:
     """`auto` is CUDA when present, else CPU; errors name the setting as `option` (`--device ` for eval/export)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
-        raise ConfigError(f"{option}{name!r} is not valid; use auto, cpu, cuda or cuda:N")
+    if not choices.is_device(name):
+        raise ConfigError(f"{option}{name!r} is not valid; use {choices.DEVICE_VALID}")
     index = int(name.partition(":")[2] or 0)
     if name.startswith("cuda") and index >= torch.cuda.device_count():
         raise ConfigError(f"{option}{name} but this machine shows {torch.cuda.device_count()} CUDA GPU(s); "

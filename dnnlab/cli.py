@@ -301,6 +301,7 @@ def preflight(args: Any) -> Any:
     from omegaconf import open_dict
 
     from dnnlab.config import schema
+    from dnnlab.config.overrides import first_job
     from dnnlab.api import compose, resume_override
     from dnnlab.errors import UserError
 
@@ -308,7 +309,7 @@ def preflight(args: Any) -> Any:
     try:
         if args.multirun:
             schema.check_sweep(overrides)
-            overrides = schema.first_job(overrides)
+            overrides = first_job(overrides)
             if resume_override(overrides):  # jobs continue runs: Hydra's settings are not part of their config
                 overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
         resuming = resume_override(overrides) is not None  # each job continues a run with the run's own config

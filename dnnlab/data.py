@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dnnlab.conf import CONF_DIR
+from dnnlab.config.choices import SCALINGS
 from dnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ class Splits:
 # Common part
 # ---------------------------------------------------------------------------------------------
 
-SCALINGS = ("standardize", "unit", "symmetric", "none")
 
 # Keys every data yaml carries (written once, in conf/data/_common.yaml, plus each option's `name`);
 # everything else (except _target_) goes to the loader.

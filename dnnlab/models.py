@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from dnnlab.config.choices import NORM_POSITIONS, require
 from dnnlab.errors import ConfigError
 
 Factory = Callable[..., nn.Module]
@@ -48,6 +49,12 @@ def _block(
     if dropout is not None and not spatial:
         parts.append(("drop", dropout()))
     return nn.Sequential(OrderedDict(parts))
+
+
+def _keeps_bias(norm: Factory | None, position: str) -> bool:
+    """Whether a block's linear/conv layer has a bias: not with a norm before the activation (its shift replaces it)."""
+    require("normalization.position", position, NORM_POSITIONS)
+    return not (norm is not None and position == "before")
 
 
 # What api.build_model gives every architecture from the data and the other groups; the rest of its
@@ -84,7 +91,7 @@ def _dense_stack(
     dropout: Factory | None,
 ) -> list[tuple[str, nn.Module]]:
     """`depth` dense blocks `hidden1…`, `fan_in` → `width` → … → `width`."""
-    bias = not (norm is not None and norm_position == "before")
+    bias = _keeps_bias(norm, norm_position)
     layers = []
     for i in range(1, depth + 1):
         linear = nn.Linear(fan_in, width, bias=bias)
@@ -113,7 +120,7 @@ def autoencoder(
     if depth < 1:
         raise ConfigError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
     layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, depth, width, activation, norm, norm_position, dropout)]
-    bias = not (norm is not None and norm_position == "before")
+    bias = _keeps_bias(norm, norm_position)
     for k in range(depth, 1, -1):  # decoder blocks have no dropout: they reconstruct clean codings
         layers.append((f"{DECODER}{k}", _block(nn.Linear(width, width, bias=bias), width, activation, norm, norm_position, None)))
     layers.append((f"{DECODER}1", nn.Linear(width, n_features)))
@@ -140,7 +147,7 @@ def cnn(
             f"model=cnn needs image data shaped (channels, height, width); this data set's samples "
             f"have shape {tuple(input_shape)}. Use model=mlp, or data=digits|mnist|fashion_mnist|cifar10."
         )
-    bias = not (norm is not None and norm_position == "before")
+    bias = _keeps_bias(norm, norm_position)
     channels, height, width_px = input_shape
     layers: list[tuple[str, nn.Module]] = []
     for i in range(1, depth + 1):

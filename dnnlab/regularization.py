@@ -15,7 +15,7 @@ from torch import nn
 from dnnlab.errors import ConfigError
 from dnnlab.engine.hooks import Hook
 from dnnlab.models import weights
-from dnnlab.config.schema import MONITOR_MODES
+from dnnlab.config.choices import MONITOR_MODES, require
 
 
 class Regularizer:
@@ -116,8 +116,7 @@ class EarlyStopping(Regularizer, Hook):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ):
-        if mode not in MONITOR_MODES:
-            raise ConfigError(f"regularization.early_stopping.mode={mode!r} is not valid; use {' or '.join(MONITOR_MODES)}")
+        require("regularization.early_stopping.mode", mode, MONITOR_MODES)
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.restore_best = abs(min_delta), restore_best
         self.best = math.inf if mode == "min" else -math.inf

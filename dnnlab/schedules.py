@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from dnnlab.errors import ConfigError
-from dnnlab.config.schema import INTERVALS
+from dnnlab.config.choices import INTERVALS, require
 
 
 class PowerLR(LRScheduler):
@@ -93,8 +93,7 @@ def build_schedule(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: in
     """Instantiate the schedule; `total_steps`/`T_max` left null are the run's length in its interval."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     interval = kwargs.pop("interval", "epoch")
-    if interval not in INTERVALS:
-        raise ConfigError(f"schedule.interval={interval!r} is not valid; use {' or '.join(INTERVALS)}")
+    require("schedule.interval", interval, INTERVALS)
     if kwargs.get("_target_") is None:
         return Schedule(None, interval)
     length = epochs * steps_per_epoch if interval == "step" else epochs

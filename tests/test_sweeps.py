@@ -165,7 +165,7 @@ def test_slurm_launcher_config_has_documented_keys():
 def test_missing_plugin_names_the_extra():
     from hydra.errors import MissingConfigException
 
-    from dnnlab.config.schema import config_error
+    from dnnlab.config.overrides import config_error
 
     error = MissingConfigException("Could not find 'hydra/sweeper/optuna'", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
     message = str(config_error(error, ["hydra/sweeper=optuna"]))

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from dnnlab.errors import ConfigError, one_line
-from dnnlab.config.schema import COMPILE_MODES
+from dnnlab.config.choices import COMPILE_MODES, PRECISIONS, require
 
 log = logging.getLogger("dnnlab")
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}  # one per choices.PRECISIONS
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture (optimizer state, cuBLAS workspaces)
 MAX_RECAPTURES = 3  # consecutive captures that each lived a single replay: the graph is not worth it
 
@@ -48,9 +48,8 @@ def autocast(device: torch.device, precision: str, cache: bool = True) -> Callab
     bf16 needs no loss scaling (same exponent range as fp32). A CUDA graph capture needs the
     autocast weight-cast cache off, since cached casts would be freed between replays.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r} is not valid; use {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    require("trainer.precision", precision, PRECISIONS)
+    dtype = DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)

@@ -35,6 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from dnnlab.config.choices import ACTIVATION_FAMILIES, require
 from dnnlab.engine.hooks import Hook
 from dnnlab.models import blocks, weights
 from dnnlab.runs.rundir import RunDir
@@ -84,11 +85,7 @@ class DiagnosticsHook(Hook):
     key = "DiagnosticsHook"  # its state in checkpoints: stable, whatever the class is called
 
     def __init__(self, family: str = "smooth", probe_size: int | None = None, seed: int = 0):
-        if family not in ("relu", "saturating", "smooth"):
-            raise ConfigError(
-                f"activation.family={family!r} is not valid; use relu (units can die), "
-                "saturating (units can saturate) or smooth (neither)"
-            )
+        require("activation.family", family, ACTIVATION_FAMILIES)
         if probe_size is not None and probe_size < 1:
             raise ConfigError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
         self.family, self.probe_size, self.seed = family, probe_size, seed

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import CheckpointError, ConfigError, RunFolderError, RunFolderTaken, writing
 from dnnlab.engine.hooks import Hook
-from dnnlab.config.schema import MONITOR_MODES
+from dnnlab.config.choices import MONITOR_MODES, require
 
 if TYPE_CHECKING:
     import torch
@@ -461,8 +461,7 @@ class RunFolderHook(Hook):
     key = "RunFolderHook"  # its state in checkpoints: stable, whatever the class is called
 
     def __init__(self, run: RunDir, monitor: str = "val_loss", mode: str = "min", config_yaml: str = ""):
-        if mode not in MONITOR_MODES:
-            raise ConfigError(f"trainer.monitor_mode={mode!r} is not valid; use {' or '.join(MONITOR_MODES)}")
+        require("trainer.monitor_mode", mode, MONITOR_MODES)
         self.run, self.monitor, self.mode, self.config_yaml = run, monitor, mode, config_yaml
         self.best: float | None = None
         self.best_epoch = 0

@@ -26,7 +26,7 @@ STAGES = "stages"
 
 def sweep_dir(name: str, overrides: Sequence[str]) -> tuple[Path, list[str]]:
     """The study folder (hydra.sweep.dir=DIR, else studies/NAME/<date>/<time>) and the other overrides."""
-    from dnnlab.config.schema import parse_overrides
+    from dnnlab.config.overrides import parse_overrides
 
     rest, folder = [], None
     for line, override in zip(overrides, parse_overrides(overrides)):
@@ -39,7 +39,7 @@ def sweep_dir(name: str, overrides: Sequence[str]) -> tuple[Path, list[str]]:
 
 def check_overrides(overrides: Sequence[str]) -> None:
     """A study's sweep is its arms × seeds: other sweeps or a fixed seed would mix its pairs."""
-    from dnnlab.config.schema import parse_overrides
+    from dnnlab.config.overrides import parse_overrides
 
     for override in parse_overrides(overrides):
         if override.is_sweep_override():
@@ -52,7 +52,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 def check_arms_kept(study: Study, overrides: Sequence[str]) -> None:
     """A user override of a key that the arms set would make every arm the same: refuse it."""
-    from dnnlab.config.schema import parse_overrides
+    from dnnlab.config.overrides import parse_overrides
 
     varied = {o.key_or_group.lstrip("+~"): arm for arm, lines in study.arms.items() for o in parse_overrides(lines)}
     for override in parse_overrides(overrides):
@@ -68,7 +68,7 @@ def check_arms_kept(study: Study, overrides: Sequence[str]) -> None:
 def option(arm: str, overrides: Sequence[str], folder: Path, stages: Sequence[str]) -> str:
     """The `study_arm` option for one arm: its group overrides in the defaults list, its values in the body."""
     from dnnlab.config.catalog import groups
-    from dnnlab.config.schema import parse_overrides
+    from dnnlab.config.overrides import parse_overrides
 
     defaults: list[Any] = []
     body = OmegaConf.create({})

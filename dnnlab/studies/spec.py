@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.config.choices import MONITOR_MODES
 from dnnlab.errors import UserError, did_you_mean
 from dnnlab.studies.metrics import DERIVED, SUMMARY_METRICS, default_mode
 
@@ -99,7 +100,7 @@ def expectation(where: str, raw: Any, metric: str, mode: str, arms: list[str]) -
                          f"or {{arm: a, above: x}} / {{arm: a, below: x}} (each may add metric: and mode: max|min).")
     own = raw.get("metric")
     e = Expectation(metric=own or metric, mode=raw.get("mode") or (default_mode(own) if own else mode))
-    if e.mode not in ("max", "min"):
+    if e.mode not in MONITOR_MODES:
         raise StudyError(f"{where}: mode={e.mode!r} is not valid: use max (higher is better) or min.")
     if "order" in raw:
         e.order = list(raw["order"])
