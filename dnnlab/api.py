@@ -302,12 +302,12 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     check_last_batch(model, len(data.train_y), cfg.trainer.batch_size)
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, batches(len(data.train_y), cfg.trainer.batch_size))
     hooks: list[Hook] = [r for r in regularizers if isinstance(r, Hook)]
-    hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])  # before RunFolderHook
+    hooks.extend([*task.hooks(cfg.optimizer), *transfer.hooks(cfg.model, model)])
     hooks.append(record.DataFingerprint(raw, cfg.data.get("root")))  # in every checkpoint; checked on resume
-    hooks.extend(observer_hooks(run, cfg.trainer.diagnostics, cfg.activation.family, cfg.seed))  # diagnostics, health verdicts: before RunFolderHook
+    hooks.extend(observer_hooks(run, cfg.trainer.diagnostics, cfg.activation.family, cfg.seed))
     hooks.append(RunFolderHook(run, cfg.trainer.monitor, cfg.trainer.monitor_mode, OmegaConf.to_yaml(cfg, resolve=True)))
-    hooks.extend(logger_hooks(cfg, run))  # after it: the logger sees the finished summary
-    hooks.extend(extra_hooks)
+    hooks.extend(logger_hooks(cfg, run))
+    hooks.extend(extra_hooks)  # each hook runs in its declared stage (engine.hooks.STAGES), whatever the order here
     return Trainer(
         model, data, optimizer, clipper, schedule, penalties(regularizers), constraints(regularizers), hooks,
         epochs=cfg.trainer.epochs, batch_size=cfg.trainer.batch_size,

@@ -46,10 +46,10 @@ def no_score(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class NoAccuracy(Hook):
-    """Report train/val/test accuracy as NaN (null in JSON): a reconstruction has no accuracy.
+    """Report train/val/test accuracy as NaN (null in JSON): a reconstruction has no accuracy (stage `measure`:
+    the row and summary say so when written)."""
 
-    Must run before the run-folder hook writes the metrics row and the summary.
-    """
+    stage = "measure"
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         metrics["train_acc"] = metrics["val_acc"] = math.nan
@@ -143,6 +143,7 @@ class GreedyLayerwise(Hook):
     """
 
     key = "GreedyLayerwise"  # its state in checkpoints: stable, whatever the class is called
+    stage = "steer"
 
     def __init__(self, optimizer_cfg: DictConfig, epochs: int) -> None:
         self.optimizer_cfg, self.epochs = optimizer_cfg, epochs

@@ -107,6 +107,7 @@ class EarlyStopping(Regularizer, Hook):
     """Stop when `monitor` has not improved by `min_delta` for `patience` epochs (keras.callbacks.EarlyStopping)."""
 
     key = "EarlyStopping"  # its state in checkpoints: stable, whatever the class is called
+    stage = "steer"  # after diagnostics (it may watch grad_norm/<layer>), before the checkpoint holding its state
 
     def __init__(
         self,

@@ -45,6 +45,8 @@ def summary_writer(log_dir: Path):
 class TensorBoardHook(Hook):
     """Scalars each epoch (every numeric metrics key); weight and last-step gradient histograms."""
 
+    stage = "report"  # after the run folder's hook: the HParams view gets the finished summary
+
     def __init__(self, run_dir: str, subdir: str = "tensorboard", histograms: bool = True, config: DictConfig | None = None):
         self.histograms, self.config = histograms, config
         self.writer = summary_writer(Path(run_dir) / subdir)  # fails now, before any training

@@ -198,6 +198,8 @@ def hooks(model_cfg: DictConfig, model: nn.Module) -> list[Hook]:
 class Unfreeze(Hook):
     """After `epoch` epochs, train the `blocks` frozen blocks again, at `lr_scale` × the scheduled rate."""
 
+    stage = "steer"
+
     def __init__(self, blocks: int, epoch: int, lr_scale: float = 1.0) -> None:
         self.blocks, self.epoch, self.lr_scale = blocks, epoch, lr_scale
         self.done = False

@@ -1,8 +1,8 @@
 """The named hook points of the training loop; extras (logging, checkpoints, early stopping,
-diagnostics, progress) subclass `Hook` and override what they need."""
+diagnostics, progress) subclass `Hook` and override what they need, and declare the stage they run in."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from dnnlab.engine.trainer import Trainer
@@ -10,6 +10,15 @@ if TYPE_CHECKING:
 # The keys of every epoch's metrics row, in order: what `trainer.monitor` and early stopping may watch.
 # Hooks may add more (diagnostics: grad_norm/<layer>, …). Torch-free, so config validation can read it.
 EPOCH_METRICS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "samples_per_s")
+
+# The order hooks run in at every event, declared once: each hook class names its `stage`; the trainer runs
+# them stage by stage, in the order they were given within a stage.
+STAGES = (
+    "measure",  # add to (or correct) each epoch's row and the summary: diagnostics, a task's metrics, health verdicts
+    "steer",  # act on the finished row: early stopping (which may watch a per-layer metric), unfreezing, pretraining
+    "record",  # write the row, checkpoints and summary (the run folder), with what every checkpoint holds
+    "report",  # read what was recorded: loggers (the finished summary), the progress bar, any undeclared hook
+)
 
 
 class Hook:
@@ -21,6 +30,12 @@ class Hook:
     """
 
     key: str | None = None
+    stage: str = "report"  # one of STAGES
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.stage not in STAGES:
+            raise TypeError(f"{cls.__qualname__}.stage={cls.stage!r} is not one of the hook stages {STAGES}")
 
     @property
     def state_key(self) -> str:
@@ -47,3 +62,8 @@ class Hook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+
+def in_stage_order(hooks: Iterable[Hook]) -> list[Hook]:
+    """`hooks` sorted by their declared stage (stable: the given order within a stage)."""
+    return sorted(hooks, key=lambda hook: STAGES.index(hook.stage))

@@ -30,7 +30,7 @@ from dnnlab.engine import acceleration
 from dnnlab.data import Splits
 from dnnlab.errors import one_line
 from dnnlab.models import weights
-from dnnlab.engine.hooks import EPOCH_METRICS, Hook
+from dnnlab.engine.hooks import EPOCH_METRICS, Hook, in_stage_order
 from dnnlab.optim import GradClipper, load_optimizer_state
 from dnnlab.schedules import Schedule
 
@@ -79,7 +79,7 @@ class Trainer:
         self.model, self.data, self.optimizer = model, data, optimizer
         self.clipper, self.schedule = clipper, schedule
         self.penalties, self.constraints = list(penalties), list(constraints)
-        self.hooks = list(hooks)
+        self.hooks = in_stage_order(hooks)  # each runs in its declared stage, whatever order they came in
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.device = data.train_x.device
         # train_loss is the data loss alone: steps whose optimized loss (with penalties) is NaN/inf are

@@ -28,6 +28,8 @@ def attach_console(logger: logging.Logger) -> logging.Handler:
 class ProgressBar(Hook):
     """One bar over epochs; its text shows the last epoch's losses and accuracies."""
 
+    stage = "report"
+
     def __init__(self, epochs: int, out: Console = console):
         self.epochs, self.out = epochs, out
         self.progress: Progress | None = None

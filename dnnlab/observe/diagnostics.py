@@ -83,6 +83,7 @@ class DiagnosticsHook(Hook):
     """Adds the per-layer statistics above to every epoch's metrics row."""
 
     key = "DiagnosticsHook"  # its state in checkpoints: stable, whatever the class is called
+    stage = "measure"  # its keys are in the row the run folder writes and early stopping watches
 
     def __init__(self, family: str = "smooth", probe_size: int | None = None, seed: int = 0):
         require("activation.family", family, ACTIVATION_FAMILIES)
@@ -178,10 +179,8 @@ class DiagnosticsHook(Hook):
 
 
 def observer_hooks(run: RunDir, diagnostics: bool, activation_family: str, seed: int) -> list[Hook]:
-    """Diagnostics (unless `trainer.diagnostics=false`) and health verdicts.
-
-    They must come before the run folder's hook so that their keys are in the rows it writes.
-    """
+    """Diagnostics (unless `trainer.diagnostics=false`) and health verdicts (stage `measure`: their keys are
+    in the rows and the summary the run folder writes)."""
     from dnnlab.observe.health import HealthHook
 
     hooks: list[Hook] = []
@@ -194,8 +193,8 @@ def observer_hooks(run: RunDir, diagnostics: bool, activation_family: str, seed:
 def logger_hooks(cfg: DictConfig, run: RunDir) -> list[Hook]:
     """The `logger` option, given the run folder and the config.
 
-    After the run folder's hook: a logger sees every row's keys and the finished summary
-    (best_val_acc, final losses), e.g. for TensorBoard's HParams view.
+    Stage `report`, after the run folder's hook: a logger sees every row's keys and the finished
+    summary (best_val_acc, final losses), e.g. for TensorBoard's HParams view.
     """
     logger = cfg.get("logger")
     if logger is None or logger.get("_target_") is None:

@@ -231,6 +231,8 @@ def verdicts(rows: Iterable[Row], status: str | None = None, chance: float | Non
 class HealthHook(Hook):
     """Puts the run's verdicts into the summary (`health`) before it is written."""
 
+    stage = "measure"
+
     def __init__(self, run: RunDir):
         self.run = run
 

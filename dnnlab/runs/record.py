@@ -109,6 +109,7 @@ class DataFingerprint(Hook):
     """Puts the data's fingerprint into every checkpoint (trainer state "hooks"); a resume on other data is refused."""
 
     key = "DataFingerprint"  # its state in checkpoints: stable, whatever the class is called
+    stage = "record"
 
     def __init__(self, data: Splits, root: Any = None):
         self.record, self.root = data_record(data), root

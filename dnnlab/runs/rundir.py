@@ -459,6 +459,7 @@ class RunFolderHook(Hook):
     """Writes each epoch's metrics row, `last.pt` every epoch and `best.pt` on improvement."""
 
     key = "RunFolderHook"  # its state in checkpoints: stable, whatever the class is called
+    stage = "record"
 
     def __init__(self, run: RunDir, monitor: str = "val_loss", mode: str = "min", config_yaml: str = ""):
         require("trainer.monitor_mode", mode, MONITOR_MODES)
