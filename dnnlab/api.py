@@ -297,7 +297,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     regularizers = build_regularizers(cfg)
     model = build_model(cfg, data, regularizers).to(device)
     fast = cfg.trainer
-    capturable = fast.cuda_graph and not acceleration.graph_blocker(device, acceleration.compile_mode(fast.compile))
+    capturable = acceleration.capture_blocker(fast.cuda_graph, device, fast.compile) is None
     optimizer, clipper = build_optimizer(cfg.optimizer, transfer.param_groups(model), capturable=capturable)
     check_last_batch(model, len(data.train_y), cfg.trainer.batch_size)
     schedule = build_schedule(cfg.schedule, optimizer, cfg.trainer.epochs, batches(len(data.train_y), cfg.trainer.batch_size))

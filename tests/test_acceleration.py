@@ -171,6 +171,20 @@ def test_cuda_graph_on_cpu_runs_eagerly_and_says_why(tmp_path, warnings_logged):
     assert summary["test_acc"] == plain["test_acc"] and summary["test_loss"] == plain["test_loss"]
 
 
+def test_the_builder_and_the_trainer_ask_one_capture_decision(tmp_path, monkeypatch):
+    """build_trainer builds the optimizer capturable, and the trainer captures, on the same answer."""
+    from dnnlab.engine import acceleration
+
+    asked = []
+    decide = acceleration.capture_blocker
+    monkeypatch.setattr(acceleration, "capture_blocker", lambda *a: asked.append(a) or decide(*a))
+    trainer = build_trainer(compose([*SMALL, "trainer.cuda_graph=true"]), RunDir(tmp_path / "g"))
+    assert len(asked) == 2 and asked[0] == asked[1] == (True, torch.device("cpu"), False)
+    assert trainer.notes["fast_path"]["trainer.cuda_graph"] == f"off: {decide(*asked[0])}"
+    assert decide(False, torch.device("cuda"), False) and decide(True, torch.device("cuda"), "default")
+    assert decide(True, torch.device("cuda"), False) is None
+
+
 def test_capture_needs_a_capturable_or_fused_optimizer():
     params = [torch.nn.Parameter(torch.zeros(2))]
     assert "torch.optim.Adagrad has no capturable or fused CUDA implementation" in optimizer_blocker(torch.optim.Adagrad(params))

@@ -106,11 +106,14 @@ def channels_last_blocker(model: nn.Module) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- CUDA graph
-def graph_blocker(device: torch.device, compile: str | None) -> str | None:
-    """Why the step cannot be captured with this configuration, or None."""
+def capture_blocker(cuda_graph: bool, device: torch.device, compile: bool | str) -> str | None:
+    """Why the run's settings keep its step out of a CUDA graph; None when it is captured, given an optimizer built
+    capturable. The one decision: build_trainer asks it to build the optimizer so, the trainer to capture."""
+    if not cuda_graph:
+        return "trainer.cuda_graph=false"
     if device.type != "cuda":
         return f"a CUDA graph needs a CUDA device (this run is on {device.type})"
-    if compile is not None:
+    if compile_mode(compile) is not None:
         return "trainer.compile and trainer.cuda_graph are exclusive (torch.compile's reduce-overhead mode captures graphs itself)"
     return None
 

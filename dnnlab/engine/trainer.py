@@ -121,7 +121,8 @@ class Trainer:
             acceleration.record(self.notes, "trainer.compile", f"on ({mode})")
         self.step_graph: acceleration.StepGraph | None = None
         if cuda_graph:
-            blocker = acceleration.graph_blocker(self.device, mode) or acceleration.optimizer_blocker(self.optimizer)
+            blocker = (acceleration.capture_blocker(cuda_graph, self.device, compile)
+                       or acceleration.optimizer_blocker(self.optimizer))
             if blocker:
                 acceleration.fallback(self.notes, "trainer.cuda_graph", blocker)
             else:
