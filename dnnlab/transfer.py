@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dnnlab.conf import CONF_DIR
 from dnnlab.errors import ConfigError
 from dnnlab.models import batch_norms, hidden_blocks, output
 from dnnlab.engine.hooks import Hook
@@ -22,15 +23,27 @@ from dnnlab.runs.rundir import RunDir
 
 log = logging.getLogger("dnnlab")
 
-# model.* keys that configure how the model is trained, not the architecture function's arguments.
-TRAINING_KEYS = ("pretrained", "freeze", "unfreeze_at", "unfrozen_lr_scale", "task")
+# The transfer keys are written once, in model/_transfer.yaml (each model option lists it in its defaults).
+TRANSFER_YAML = CONF_DIR / "model" / "_transfer.yaml"
 NEW_HEAD = "new, zero: the source run learned other labels"
+
+
+def defaults() -> dict[str, Any]:
+    """The transfer keys and their defaults, as model/_transfer.yaml writes them: no reuse, no freezing."""
+    return OmegaConf.to_container(OmegaConf.load(TRANSFER_YAML), resolve=True)
+
+
+def training_keys() -> set[str]:
+    """model.* keys that configure how the model is trained, not the architecture function's arguments: the
+    transfer keys and `task` (what it learns, dnnlab.pretrain.build_task; each model option sets its own)."""
+    return {*defaults(), "task"}
 
 
 def architecture_config(model_cfg: DictConfig) -> dict[str, Any]:
     """The `model` node without the training keys: exactly the architecture function's arguments."""
     node = OmegaConf.to_container(model_cfg, resolve=True)
-    return {k: v for k, v in node.items() if k not in TRAINING_KEYS}
+    keys = training_keys()
+    return {k: v for k, v in node.items() if k not in keys}
 
 
 def apply(model: nn.Module, model_cfg: DictConfig, data_cfg: DictConfig) -> nn.Module:
@@ -46,11 +59,9 @@ def apply(model: nn.Module, model_cfg: DictConfig, data_cfg: DictConfig) -> nn.M
 
 
 def settings(model_cfg: DictConfig, n_blocks: int) -> tuple[int, int | None, float]:
-    """Validated (freeze, unfreeze_at, unfrozen_lr_scale)."""
-    freeze = model_cfg.get("freeze") or 0
-    unfreeze_at = model_cfg.get("unfreeze_at")
-    scale = model_cfg.get("unfrozen_lr_scale")
-    scale = 1.0 if scale is None else scale
+    """Validated (freeze, unfreeze_at, unfrozen_lr_scale); a key left out or null takes its _transfer.yaml default."""
+    own = {k: default if model_cfg.get(k) is None else model_cfg.get(k) for k, default in defaults().items()}
+    freeze, unfreeze_at, scale = own["freeze"], own["unfreeze_at"], own["unfrozen_lr_scale"]
     if not isinstance(freeze, int) or not 0 <= freeze <= n_blocks:
         raise ConfigError(f"model.freeze={freeze!r} is not valid: use the number of lowest hidden blocks to freeze, "
                          f"an integer from 0 to {n_blocks} (this model's hidden blocks)")

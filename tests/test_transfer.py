@@ -155,3 +155,26 @@ def test_layers_that_do_not_fit_are_named_on_the_terminal(narrow, tmp_path, capl
         assert "not reused: hidden3.linear (not in the checkpoint)" in warning
     finally:
         logger.removeHandler(caplog.handler)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "autoencoder"])
+def test_every_model_option_composes_the_transfer_keys_written_once_in_yaml(name):
+    """model/_transfer.yaml holds the transfer keys; each model option lists it, and the architecture gets none of them."""
+    from omegaconf import OmegaConf
+
+    from dnnlab import transfer
+    from dnnlab.conf import CONF_DIR
+
+    own = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+    assert list(own.defaults) == ["_transfer", "_self_"] and not set(own) & set(transfer.defaults())
+    model = compose([f"model={name}"]).model
+    assert {k: model[k] for k in transfer.defaults()} == {
+        "pretrained": None, "freeze": 0, "unfreeze_at": None, "unfrozen_lr_scale": 1.0}
+    assert set(transfer.architecture_config(model)) == set(model) - transfer.training_keys()
+    assert "task" in model and "task" not in transfer.architecture_config(model)
+
+
+def test_the_shared_files_are_not_offered_as_options():
+    with pytest.raises(UserError) as error:
+        compose(["model=mpl"])
+    assert "Valid: autoencoder, cnn, mlp " in str(error.value) and "_transfer" not in str(error.value)

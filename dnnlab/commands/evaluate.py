@@ -45,6 +45,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", da
     from dnnlab.api import build_model, build_regularizers, pick_device, setup_errors
     from dnnlab.data import load_data
     from dnnlab.errors import CheckpointError, RunFolderError
+    from dnnlab import transfer
     from dnnlab.pretrain import build_task
     from dnnlab.runs.rundir import RunDir, load_checkpoint, model_mismatch
 
@@ -58,7 +59,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", da
     state = load_checkpoint(file)
     cfg = record.run_config(config, state, file)  # the values as trained, `${oc.env:…}` included
     with open_dict(cfg):  # the checkpoint has the final weights: no reuse or freezing to redo
-        cfg.model.update(pretrained=None, freeze=0, unfreeze_at=None, unfrozen_lr_scale=1.0)
+        cfg.model.update(transfer.defaults())
         if data_root is not None:
             cfg.data.root = str(data_root)
     with setup_errors():

@@ -143,7 +143,7 @@ def unknown_options(group: str, value: Any, options: list[str]) -> list[str]:
 
 
 def _option_message(group: str, option: str, options: Iterable[str]) -> str:
-    options = list(options)
+    options = [o for o in options if not o.startswith("_")]  # _common, _transfer: keys the options share, not options
     described = "" if group.startswith("hydra/") else f" (`dnnlab list {group}` describes each)"
     return (f"{group}={option} is not an option of {group}.{did_you_mean(option, options)} "
             f"Valid: {', '.join(options)}{described}")

@@ -274,7 +274,7 @@ def model_keys(cfg: DictConfig) -> set[str] | None:
     from hydra.utils import get_method
 
     from dnnlab.models import BUILT_ARGS
-    from dnnlab.transfer import TRAINING_KEYS
+    from dnnlab.transfer import training_keys
 
     try:
         parameters = inspect.signature(get_method(str(OmegaConf.select(cfg, "model._target_")))).parameters
@@ -282,7 +282,7 @@ def model_keys(cfg: DictConfig) -> set[str] | None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return None
-    return {*parameters, *TRAINING_KEYS, "_target_", "_partial_"} - set(BUILT_ARGS)
+    return {*parameters, *training_keys(), "_target_", "_partial_"} - set(BUILT_ARGS)
 
 
 def check_sweep(overrides: Sequence[str]) -> None:
