@@ -20,9 +20,9 @@ from dnnlab.errors import ConfigError
 from dnnlab.engine.hooks import Hook
 from dnnlab.optim import implementation_for_capture
 from dnnlab.runs.rundir import RunDir
+from helpers.configs import tiny
 
-SMALL = ["data.limit=300", "model.depth=2", "model.width=16", "trainer.progress=false", "trainer.diagnostics=false",
-         "trainer.batch_size=32", "trainer.epochs=3"]
+SMALL = tiny("trainer.diagnostics=false", "trainer.batch_size=32", "trainer.epochs=3")
 
 
 @pytest.fixture

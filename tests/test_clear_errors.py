@@ -11,25 +11,17 @@ import errno
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from dnnlab.api import compose, train
+from dnnlab.api import compose
 from dnnlab.cli import main
+from helpers.configs import QUIET, tiny
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
-        "data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=1"]
+FAST = tiny(*QUIET)
 LR = ["lr-find", *FAST, "lr_find.steps=20"]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("finished") / "run"
-    train(compose([*FAST, "trainer.epochs=2"]), run_dir=path)
-    return path
 
 
 # ------------------------------------------------------------------------------------ faults
@@ -225,9 +217,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv, words, setup, code, writes, out", CASES)
-def test_one_clear_paragraph(argv, words, setup, code, writes, out, finished, tmp_path, monkeypatch, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
+def test_one_clear_paragraph(argv, words, setup, code, writes, out, finished_copy, tmp_path, monkeypatch, capsys):
+    run = finished_copy  # tmp_path/run
     monkeypatch.chdir(tmp_path)
     setup(tmp_path, run, monkeypatch)
     before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}

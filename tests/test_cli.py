@@ -11,9 +11,9 @@ from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.runs.rundir import RunDir
 from helpers.folders import snapshot
+from helpers.configs import QUIET, tiny
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
-        "data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=2"]
+FAST = tiny(*QUIET, "trainer.epochs=2")
 
 
 def summary(folder):

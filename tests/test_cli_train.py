@@ -4,7 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=1"]
+from helpers.configs import tiny
+
+TINY = tiny("data.limit=200", "model.depth=1", "model.width=8", without=["trainer.progress"])  # the bar shows
 
 
 def dnnlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 non-zero exit, and nothing already written is lost. (`dnnlab.cli.main` in-process: no imports to pay.)"""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
@@ -11,9 +10,10 @@ from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.errors import ConfigError
 from dnnlab.runs.rundir import RunDir
+from helpers.configs import QUIET, tiny
+from helpers.folders import snapshot
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
-        "data.limit=300", "model.depth=2", "model.width=16"]
+FAST = tiny(*QUIET, without=["trainer.epochs"])
 
 
 def dnnlab(capsys, *args: str) -> tuple[int, str]:
@@ -21,25 +21,6 @@ def dnnlab(capsys, *args: str) -> tuple[int, str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return code, " ".join(err.split())
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished 2-epoch run to resume (copied per test that may touch it)."""
-    path = tmp_path_factory.mktemp("run") / "run"
-    train(compose([*FAST, "trainer.epochs=2"]), run_dir=path)
-    return path
-
-
-@pytest.fixture
-def run_copy(run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    return copy
-
-
-def snapshot(path):
-    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -88,44 +69,44 @@ def test_resume_of_a_path_that_is_not_a_run(capsys, tmp_path):
     assert code == 2 and "is not a dnnlab run" in err and "does not exist" in err
 
 
-def test_corrupt_checkpoint_is_named_and_the_run_is_untouched(capsys, run_copy):
-    last = run_copy / "checkpoints" / "last.pt"
+def test_corrupt_checkpoint_is_named_and_the_run_is_untouched(capsys, finished_copy):
+    last = finished_copy / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
-    before = snapshot(run_copy)
-    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "trainer.epochs=4")
+    before = snapshot(finished_copy)
+    code, err = dnnlab(capsys, "train", f"resume={finished_copy}", "trainer.epochs=4")
     assert code == 2 and "last.pt cannot be read" in err and "truncated" in err
-    assert snapshot(run_copy) == before
+    assert snapshot(finished_copy) == before
 
 
-def test_mismatched_checkpoint_names_the_layers_and_the_run_is_untouched(capsys, run_copy):
-    before = snapshot(run_copy)
-    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "model.width=32")
+def test_mismatched_checkpoint_names_the_layers_and_the_run_is_untouched(capsys, finished_copy):
+    before = snapshot(finished_copy)
+    code, err = dnnlab(capsys, "train", f"resume={finished_copy}", "model.width=32")
     assert code == 2 and "does not fit the model" in err
     assert "hidden1.linear.weight is [16, 64] in the checkpoint but [32, 64] in the model" in err
     assert "output.weight" in err
-    assert snapshot(run_copy) == before
+    assert snapshot(finished_copy) == before
 
 
-def test_checkpoint_with_code_in_it_is_refused(capsys, run_copy):
+def test_checkpoint_with_code_in_it_is_refused(capsys, finished_copy):
     import os
 
     class MakeDir:
         def __reduce__(self):
-            return (os.mkdir, (str(run_copy / "code-ran"),))
+            return (os.mkdir, (str(finished_copy / "code-ran"),))
 
-    torch.save({"model": {}, "evil": MakeDir()}, run_copy / "checkpoints" / "last.pt")
-    code, err = dnnlab(capsys, "train", f"resume={run_copy}")
+    torch.save({"model": {}, "evil": MakeDir()}, finished_copy / "checkpoints" / "last.pt")
+    code, err = dnnlab(capsys, "train", f"resume={finished_copy}")
     assert code == 2 and "weights_only=True" in err and "refuses" in err
-    assert not (run_copy / "code-ran").exists()
+    assert not (finished_copy / "code-ran").exists()
 
 
-def test_resume_cannot_change_a_config_group(capsys, run_copy):
-    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "optimizer=sgd")
+def test_resume_cannot_change_a_config_group(capsys, finished_copy):
+    code, err = dnnlab(capsys, "train", f"resume={finished_copy}", "optimizer=sgd")
     assert code == 2 and "optimizer=sgd" in err and "not config groups" in err
 
 
-def test_resume_names_a_misspelt_key(capsys, run_copy):
-    code, err = dnnlab(capsys, "train", f"resume={run_copy}", "trainer.epoch=4")
+def test_resume_names_a_misspelt_key(capsys, finished_copy):
+    code, err = dnnlab(capsys, "train", f"resume={finished_copy}", "trainer.epoch=4")
     assert code == 2 and "Did you mean trainer.epochs?" in err
 
 
@@ -135,12 +116,12 @@ def test_a_length_planned_schedule_cannot_be_extended(capsys, tmp_path):
     assert code == 2 and "total_steps" in err and "cannot change on resume" in err
 
 
-def test_a_run_folder_in_use_is_refused(capsys, run_copy):
-    before = snapshot(run_copy)
-    with RunDir(run_copy).lock():  # another writer holds it
-        code, err = dnnlab(capsys, "train", f"resume={run_copy}", "trainer.epochs=3")
+def test_a_run_folder_in_use_is_refused(capsys, finished_copy):
+    before = snapshot(finished_copy)
+    with RunDir(finished_copy).lock():  # another writer holds it
+        code, err = dnnlab(capsys, "train", f"resume={finished_copy}", "trainer.epochs=3")
     assert code == 2 and "in use by another dnnlab process" in err
-    assert snapshot(run_copy) == before
+    assert snapshot(finished_copy) == before
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):

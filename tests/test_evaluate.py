@@ -10,8 +10,9 @@ from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.errors import UserError
 from dnnlab.commands.evaluate import evaluate, load_run, mc_dropout_probs, outputs
+from helpers.configs import tiny
 
-TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=300", "model.width=32", "trainer.epochs=3"]
+TINY = tiny("trainer.diagnostics=false", "model.width=32", "trainer.epochs=3", without=["model.depth"])
 
 
 @pytest.fixture(scope="module")

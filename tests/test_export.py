@@ -11,8 +11,9 @@ from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.commands.evaluate import load_run, outputs
 from dnnlab.commands.export import fold_bn
+from helpers.configs import tiny
 
-TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=200", "trainer.epochs=2"]
+TINY = tiny("trainer.diagnostics=false", "data.limit=200", "trainer.epochs=2", without=["model.depth", "model.width"])
 MODELS = {"mlp": ["model.depth=3", "model.width=16", "regularization=[dropout]"],
           "cnn": ["model=cnn", "model.width=4", "model.dense=16"]}
 

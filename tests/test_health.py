@@ -10,8 +10,9 @@ from dnnlab.api import train
 from dnnlab.observe.console import results_table
 from dnnlab.observe.health import VANISHING_RATIO, verdicts
 from dnnlab.runs.rundir import RunDir
+from helpers.configs import tiny
 
-DEEP = ["experiment=vanishing_gradients", "data.limit=300", "trainer.epochs=1", "trainer.progress=false"]
+DEEP = ["experiment=vanishing_gradients", *tiny(without=["model.depth", "model.width"])]  # the preset's deep net
 
 
 def names(found: list[dict]) -> list[str]:

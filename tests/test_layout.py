@@ -55,3 +55,13 @@ def test_layer_kinds_are_declared_only_in_models():
              for node in ast.parse(path.read_text()).body
              if isinstance(node, ast.Assign) and is_layer_tuple(node.value)]
     assert found == []
+
+
+def test_tiny_runs_come_from_one_source():
+    """A test module's run settings derive from helpers.configs.tiny, not a hand-written list of its own."""
+    tests = Path(__file__).parent
+    found = [f"{path.name}: {ast.unparse(node.targets[0])}"
+             for path in tests.glob("test_*.py") for node in ast.parse(path.read_text()).body
+             if isinstance(node, ast.Assign) and isinstance(node.value, ast.List)
+             and any(isinstance(e, ast.Constant) and str(e.value).startswith("data.limit=") for e in node.value.elts)]
+    assert found == []

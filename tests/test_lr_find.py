@@ -11,8 +11,9 @@ import pytest
 from dnnlab.api import compose, train
 from dnnlab.errors import ConfigError
 from dnnlab.commands.lr_find import lr_find
+from helpers.configs import tiny
 
-TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=300", "model.width=16"]
+TINY = tiny("trainer.diagnostics=false", without=["model.depth", "trainer.epochs"])
 
 
 def read_rows(path) -> list[dict[str, float]]:

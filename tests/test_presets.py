@@ -8,11 +8,11 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing, self_normalizing_problems
+from helpers.configs import tiny
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "dnnlab" / "conf" / "experiment"
 PRESETS = ("default_dnn", "self_normalizing", "low_latency", "pretrain_autoencoder", "pretrain_auxiliary")
-TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=150", "trainer.epochs=1",
-        "model.depth=2", "model.width=16"]
+TINY = tiny("trainer.diagnostics=false", "data.limit=150")
 
 
 @pytest.mark.parametrize("name", PRESETS)

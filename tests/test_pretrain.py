@@ -16,8 +16,9 @@ from dnnlab.data import Splits
 from dnnlab.models import autoencoder, mlp
 from dnnlab.pretrain import RealVsCorrupted, Reconstruction
 from dnnlab.runs.rundir import RunDir, load_checkpoint
+from helpers.configs import tiny
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=300"]
+FAST = tiny("trainer.diagnostics=false", without=["model.depth", "model.width", "trainer.epochs"])  # presets shape the net
 
 
 def read_metrics(run) -> list[dict]:
@@ -100,7 +101,8 @@ def test_real_vs_corrupted_data():
 
 def test_auxiliary_pretraining_learns_and_its_layers_are_reused(tmp_path):
     aux = ["experiment=pretrain_auxiliary", "trainer.epochs=10", "optimizer.lr=0.003", "model.width=32"]
-    summary = train(compose(FAST[:2] + aux), run_dir=tmp_path / "aux")
+    summary = train(compose(tiny("trainer.diagnostics=false", *aux, without=["data.limit", "model.depth"])),
+                    run_dir=tmp_path / "aux")
     assert summary["best_val_acc"] > 0.65  # real vs corrupted is learnable (chance is 0.5)
     cfg = compose(FAST + ["model.depth=2", "model.width=32", f"model.pretrained={tmp_path / 'aux'}", "trainer.epochs=1"])
     model = build_trainer(cfg, RunDir(tmp_path / "reuse")).model

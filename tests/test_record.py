@@ -20,13 +20,10 @@ from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.commands.evaluate import evaluate, load_run
 from helpers.fake_data import idx_bytes, write_fake_mnist
+from helpers.configs import tiny
+from helpers.folders import snapshot
 
-TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=200", "model.depth=2", "model.width=16",
-        "trainer.epochs=2"]
-
-
-def snapshot(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
+TINY = tiny("trainer.diagnostics=false", "data.limit=200", "trainer.epochs=2")
 
 
 @pytest.fixture(scope="module")

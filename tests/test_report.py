@@ -15,8 +15,9 @@ from PIL import Image
 from dnnlab.api import train
 from dnnlab.cli import main as dnnlab
 from dnnlab.runs.rundir import RunDir
+from helpers.configs import tiny
 
-TINY = ["data.limit=300", "model.depth=2", "model.width=16", "trainer.epochs=2", "trainer.progress=false"]
+TINY = tiny("trainer.epochs=2")
 
 
 @pytest.fixture(scope="module")

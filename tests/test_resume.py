@@ -17,13 +17,13 @@ import pytest
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.runs.rundir import load_checkpoint
+from helpers.configs import QUIET, tiny
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu"]
-SMALL = [*FAST, "data.limit=300", "model.depth=2", "model.width=16"]
+SMALL = tiny(*QUIET, without=["trainer.epochs"])
 # Every stateful technique in play: dropout (RNG), batch norm (running stats), early stopping
 # (patience counter, best weights), a per-step (1cycle) or a plateau (performance) schedule.
-STATEFUL = [*FAST, "data.limit=300", "model.width=32", "trainer.batch_size=16",
-            "normalization=batchnorm", "regularization=[dropout,early_stopping]"]
+STATEFUL = tiny(*QUIET, "model.width=32", "trainer.batch_size=16", "normalization=batchnorm",
+                "regularization=[dropout,early_stopping]", without=["model.depth", "trainer.epochs"])
 ONE_CYCLE = [*STATEFUL, "schedule=1cycle", "trainer.epochs=10", "regularization.early_stopping.patience=1",
              "regularization.early_stopping.min_delta=0.05"]
 PLATEAU = [*STATEFUL, "schedule=performance", "schedule.patience=0", "optimizer.lr=0.05", "trainer.epochs=16",
@@ -124,7 +124,7 @@ def test_sigkill_or_a_second_sigterm_at_a_random_moment_leaves_a_loadable_last_c
     """Killed at any instant (even mid-write) a run keeps a whole last.pt, and its stale lock does not block resume.
     A second SIGTERM right after the first ends the process at once (no cleanup), files still whole."""
     # Runs until killed; ~1 MB checkpoints, so some kills land mid-write (test_rundir kills one there for sure).
-    endless = [*FAST, "data.limit=300", "model.width=128", "trainer.epochs=100000"]
+    endless = tiny(*QUIET, "model.width=128", "trainer.epochs=100000", without=["model.depth"])
     names = ["kill", "twice"]
     procs = {}
     for name in names:

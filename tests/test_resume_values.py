@@ -2,7 +2,6 @@
 record something that never ran) is refused by name, and a refused resume changes nothing in the folder."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -10,9 +9,10 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.cli import main
+from helpers.configs import QUIET, tiny
+from helpers.folders import snapshot
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
-        "data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2"]
+FAST = tiny(*QUIET, "data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2")
 RUNS = {
     "sgd": [*FAST, "optimizer=momentum", "schedule=performance"],
     "adam": [*FAST, "optimizer=adam", "schedule=power", "regularization=[dropout]"],
@@ -25,12 +25,6 @@ def runs(tmp_path_factory):
     for name, overrides in RUNS.items():
         train(compose(overrides), run_dir=folder / name)
     return folder
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file in the run folder (the lock file aside: its existence is the lock's business)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def resume(capsys, run: Path, *overrides: str) -> tuple[int, str]:
@@ -55,21 +49,21 @@ def resume(capsys, run: Path, *overrides: str) -> tuple[int, str]:
 ])
 def test_a_value_the_run_did_not_train_with_is_refused_by_name_and_changes_nothing(capsys, runs, tmp_path, run, override, ran):
     folder = shutil.copytree(runs / run, tmp_path / run)
-    before = digest(folder)
+    before = snapshot(folder)
     code, err = resume(capsys, folder, override, "trainer.epochs=4")
     key = override.split("=")[0]
     assert code == 2, err
     assert "cannot change" in err and f"{key}=" in err and f"trained with {ran}" in err
     assert "trainer.epochs" in err and "model.pretrained=" in err  # what may change, and how to train on otherwise
-    assert digest(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_fewer_epochs_than_done_are_refused_and_change_nothing(capsys, runs, tmp_path):
     folder = shutil.copytree(runs / "sgd", tmp_path / "sgd")
-    before = digest(folder)
+    before = snapshot(folder)
     code, err = resume(capsys, folder, "trainer.epochs=1")
     assert code == 2 and "trainer.epochs=1 is fewer than the 2 epochs" in err and "trainer.epochs=2 or more" in err
-    assert digest(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_settings_that_do_not_change_the_numbers_may_change(capsys, runs, tmp_path):

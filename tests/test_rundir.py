@@ -15,20 +15,13 @@ import torch
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import CheckpointError, RunFolderError
 from dnnlab.engine.hooks import Hook
+from helpers.configs import QUIET, tiny
 from helpers.folders import snapshot
 from dnnlab.runs.rundir import (
     RunDir, atomic_write, find_checkpoint, load_checkpoint, model_mismatch, remove_stray, run_folder_of,
 )
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
-        "data.limit=300", "model.depth=2", "model.width=16"]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("finished") / "run"
-    train(compose([*FAST, "trainer.epochs=2"]), run_dir=run)
-    return run
+FAST = tiny(*QUIET, without=["trainer.epochs"])
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -284,9 +277,8 @@ def test_training_into_a_folder_that_holds_a_run_is_refused_and_changes_nothing(
     assert snapshot(finished_run) == before
 
 
-def test_overwrite_moves_the_old_run_aside_and_says_where(tmp_path):
-    run = tmp_path / "run"
-    train(compose([*FAST, "trainer.epochs=2"]), run_dir=run)
+def test_overwrite_moves_the_old_run_aside_and_says_where(finished_copy, tmp_path):
+    run = finished_copy  # tmp_path/run, a finished 2-epoch run of FAST
     old = snapshot(run)
     train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=run)
     assert snapshot(tmp_path / "run.old-1") == old  # the old run, whole, untouched
@@ -296,15 +288,12 @@ def test_overwrite_moves_the_old_run_aside_and_says_where(tmp_path):
     assert (tmp_path / "run.old-2" / "metrics.jsonl").is_file() and snapshot(tmp_path / "run.old-1") == old
 
 
-def test_overwrite_never_moves_or_mixes_a_users_own_files(finished_run):
-    (finished_run / "notes.txt").write_text("mine")
-    try:
-        before = snapshot(finished_run)
-        with pytest.raises(RunFolderError, match=r"did not write \(notes\.txt\)"):
-            train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=finished_run)
-        assert snapshot(finished_run) == before and not (finished_run.parent / "run.old-1").exists()
-    finally:
-        (finished_run / "notes.txt").unlink()
+def test_overwrite_never_moves_or_mixes_a_users_own_files(finished_copy):
+    (finished_copy / "notes.txt").write_text("mine")
+    before = snapshot(finished_copy)
+    with pytest.raises(RunFolderError, match=r"did not write \(notes\.txt\)"):
+        train(compose([*FAST, "trainer.epochs=1", "trainer.overwrite=true"]), run_dir=finished_copy)
+    assert snapshot(finished_copy) == before and not (finished_copy.parent / "run.old-1").exists()
 
 
 def test_run_folder_names_are_spelt_only_in_rundir():

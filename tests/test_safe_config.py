@@ -21,9 +21,10 @@ from dnnlab.runs import safe_config
 from dnnlab.api import compose, train
 from dnnlab.cli import main
 from dnnlab.errors import UnsafeConfigError
+from helpers.configs import tiny
+from helpers.folders import snapshot
 
-TINY = ["trainer.progress=false", "trainer.diagnostics=false", "data.limit=120", "model.depth=1",
-        "model.width=8", "trainer.epochs=1", "normalization=batchnorm"]
+TINY = tiny("trainer.diagnostics=false", "data.limit=120", "model.depth=1", "model.width=8", "normalization=batchnorm")
 RESOLVER = "dnnlab_probe_touch"  # a third-party resolver that runs code, as a plugin might register
 
 
@@ -157,10 +158,6 @@ def plant(run: Path, where: str, edit: Edit, marker: Path) -> None:
         state["config"] = OmegaConf.to_yaml(OmegaConf.create(cfg))
         torch.save(state, file)
         torch.load(file, weights_only=True)  # the payload is a string: weights_only passes it
-
-
-def snapshot(run: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def open_run(command: str, run: Path, tmp_path: Path) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from dnnlab.cli import main as dnnlab
 from dnnlab.commands.report import read_overrides, same_value
+from helpers.configs import tiny
 
 optuna = pytest.importorskip("optuna")
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("report_bench", ROOT / "bench" / "report_bench.py")
 report_bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report_bench)
-TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=1", "trainer.diagnostics=false"]
+TINY = tiny("data.limit=200", "model.depth=1", "model.width=8", "trainer.diagnostics=false", without=["trainer.progress"])
 
 
 def optuna_sweep(root: Path, storage: str | None = None) -> Path:

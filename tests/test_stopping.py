@@ -16,9 +16,9 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.runs.rundir import RunDir, find_checkpoint, load_checkpoint
+from helpers.configs import QUIET, tiny
 
-FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
-        "data.limit=200", "model.depth=1", "model.width=8"]
+FAST = tiny(*QUIET, "data.limit=200", "model.depth=1", "model.width=8", without=["trainer.epochs"])
 # val_loss improves, stalls, improves again: epochs with and without a new best.pt.
 WAVY = [*FAST, "optimizer=sgd", "optimizer.lr=0.5", "trainer.epochs=5"]
 TIMING = ("epoch_s", "samples_per_s")
@@ -175,10 +175,10 @@ KILLABLE = textwrap.dedent("""
 """)
 # Every stateful technique: dropout (RNG), batch norm (running stats), early stopping (patience, best
 # weights; it stops the run before trainer.epochs), a plateau schedule, per-layer diagnostics.
-FAULTY = ["trainer.progress=false", "trainer.device=cpu", "data.limit=300", "model.depth=2", "model.width=64",
-          "trainer.batch_size=16", "normalization=batchnorm", "regularization=[dropout,early_stopping]",
-          "regularization.early_stopping.patience=4", "regularization.early_stopping.min_delta=0.03",
-          "schedule=performance", "schedule.patience=0", "optimizer=sgd", "optimizer.lr=0.3", "trainer.epochs=30"]
+FAULTY = tiny("trainer.device=cpu", "model.width=64", "trainer.batch_size=16", "normalization=batchnorm",
+              "regularization=[dropout,early_stopping]", "regularization.early_stopping.patience=4",
+              "regularization.early_stopping.min_delta=0.03", "schedule=performance", "schedule.patience=0",
+              "optimizer=sgd", "optimizer.lr=0.3", "trainer.epochs=30")
 
 
 def killable(cwd: Path, overrides: list[str], kind: str | None, at: int) -> subprocess.Popen:

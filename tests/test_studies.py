@@ -12,11 +12,12 @@ import pytest
 from dnnlab.config.catalog import CONF
 from dnnlab.studies import main, stats
 from dnnlab.studies.spec import StudyError
+from helpers.configs import tiny
 
 SHIPPED = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
 # Six or more runs even in the quick form: trained in the slow suite, composed and validated in the default one.
 LARGE = {"activations", "batchnorm", "optimizers", "schedules"}
-QUICK = ["trainer.epochs=1", "data.limit=300", "model.width=8"]
+QUICK = tiny("model.width=8", without=["model.depth", "trainer.progress"])  # the arms choose the rest
 ISSUE_STUDIES = {"vanishing_gradients", "activations", "initializers", "batchnorm", "optimizers", "schedules", "dropout",
                  "mc_dropout", "max_norm_l2", "early_stopping", "selu", "clipping", "transfer", "pretraining", "bn_folding"}
 

@@ -13,8 +13,10 @@ from dnnlab.api import compose, train
 from dnnlab.runs.rundir import RunDir
 from dnnlab.runs.sweeps import plan_job, thread_budget
 from helpers.folders import snapshot
+from helpers.configs import tiny
 
-TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2", "trainer.progress=false"]
+ONE_EPOCH = tiny("data.limit=200", "model.depth=1", "model.width=8")
+TINY = tiny("data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=2")
 
 
 def dnnlab(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -47,7 +49,7 @@ def test_rerunning_a_finished_sweep_skips_every_job_and_resumes_an_interrupted_o
     first = [metrics(j) for j in jobs(tmp_path / "sw")]
     # Job 1 "was interrupted" after its first epoch: its folder holds epoch 1 only, and no summary.
     job1 = jobs(tmp_path / "sw")[1]
-    cut = train(compose(["optimizer=adam", *TINY[:-2], "trainer.epochs=1", "trainer.progress=false"]), run_dir=tmp_path / "cut")
+    cut = train(compose(["optimizer=adam", *ONE_EPOCH]), run_dir=tmp_path / "cut")
     assert cut["status"] == "completed"
     again = dnnlab(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -105,8 +107,7 @@ def test_rerunning_a_changed_sweep_keeps_every_finished_job(tmp_path, capsys, mo
     assert f"new run in {tmp_path / 'sw' / '1-1'} ({tmp_path / 'sw' / '1'} holds another config's run: kept)" in err
     assert json.loads((tmp_path / "sw" / "1-1" / "summary.json").read_text())["status"] == "completed"
     # A changed value (trainer.epochs) is another job too.
-    assert main(["train", "-m", "optimizer=sgd", *TINY[:-2], "trainer.epochs=1", "trainer.progress=false",
-                 "hydra.sweep.dir=sw"]) == 0
+    assert main(["train", "-m", "optimizer=sgd", *ONE_EPOCH, "hydra.sweep.dir=sw"]) == 0
     assert {j.name: snapshot(j) for j in jobs(tmp_path / "sw")} == kept
     capsys.readouterr()
     assert main(["report", "sw", "--format", "json"]) == 0

@@ -12,6 +12,7 @@ from dnnlab.errors import UserError
 from dnnlab.engine.hooks import Hook
 from dnnlab.runs.rundir import RunDir, load_checkpoint
 from dnnlab.transfer import Unfreeze
+from helpers.configs import tiny
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false"]
 NET = ["model.depth=2", "model.width=64"]
@@ -77,19 +78,18 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def test_frozen_blocks_stay_bit_identical(tmp_path):
     """Weights and batch-norm statistics of frozen blocks do not move; the rest trains."""
-    net = ["model.depth=2", "model.width=16", "normalization=batchnorm", "data.limit=200"]
-    train(compose(FAST + net + ["trainer.epochs=2"]), run_dir=tmp_path / "src")
+    net = ["normalization=batchnorm", "data.limit=200"]
+    train(compose(tiny(*FAST, *net, "trainer.epochs=2")), run_dir=tmp_path / "src")
     saved = load_checkpoint(tmp_path / "src" / "checkpoints" / "best.pt")["model"]
-    log = fit_with_log(["trainer.progress=false", "trainer.epochs=3", "model.freeze=1",
-                        f"model.pretrained={tmp_path / 'src'}", *net], tmp_path / "dst")
+    log = fit_with_log(tiny("trainer.epochs=3", "model.freeze=1", f"model.pretrained={tmp_path / 'src'}", *net),
+                       tmp_path / "dst")
     hidden1 = {k.removeprefix("hidden1."): v for k, v in saved.items() if k.startswith("hidden1.")}
     assert all(same(epoch["hidden1"], hidden1) for epoch in log.epochs)
     assert not same(log.epochs[-1]["hidden2"], {k.removeprefix("hidden2."): v for k, v in saved.items() if k.startswith("hidden2.")})
 
 
 def test_unfreeze_at_trains_the_blocks_after_epoch_e(tmp_path):
-    log = fit_with_log(FAST + ["trainer.epochs=4", "model.depth=2", "model.width=16", "data.limit=200",
-                               "model.freeze=2", "model.unfreeze_at=2"], tmp_path)
+    log = fit_with_log(tiny(*FAST, "trainer.epochs=4", "data.limit=200", "model.freeze=2", "model.unfreeze_at=2"), tmp_path)
     first = log.epochs[0]
     assert same(log.epochs[1]["hidden1"], first["hidden1"]) and same(log.epochs[1]["hidden2"], first["hidden2"])
     assert not same(log.epochs[2]["hidden1"], first["hidden1"])
@@ -118,7 +118,7 @@ def test_unfrozen_lr_scale_applies_to_the_unfrozen_group_only():
     (["model.pretrained=/no/such/run"], "model.pretrained=/no/such/run"),
 ])
 def test_bad_settings_name_the_key(tmp_path, override, words):
-    cfg = compose(FAST + ["model.depth=2", "model.width=8", "data.limit=50", "trainer.epochs=1", *override])
+    cfg = compose(tiny(*FAST, "model.width=8", "data.limit=50", *override))
     with pytest.raises(UserError, match=words.replace(".", r"\.")):
         train(cfg, run_dir=tmp_path / "run")
 
@@ -127,14 +127,13 @@ def test_bad_settings_name_the_key(tmp_path, override, words):
 def narrow(tmp_path_factory) -> str:
     """A tiny 2×16 MLP run."""
     path = tmp_path_factory.mktemp("narrow") / "run"
-    train(compose(FAST + ["model.depth=2", "model.width=16", "data.limit=100", "trainer.epochs=1"]), run_dir=path)
+    train(compose(tiny(*FAST, "data.limit=100")), run_dir=path)
     return str(path)
 
 
 def test_a_run_of_another_width_is_refused_not_loaded_as_its_bias(narrow, tmp_path):
     """Issue 11 item 10c: only output.bias fit; that is not a reuse."""
-    cfg = compose(FAST + ["model.depth=2", "model.width=32", "data.limit=100", "trainer.epochs=1",
-                          f"model.pretrained={narrow}"])
+    cfg = compose(tiny(*FAST, "model.width=32", "data.limit=100", f"model.pretrained={narrow}"))
     with pytest.raises(UserError, match=r"no layer below the output fits.*hidden1\.linear: shape \(32, 64\) here, "
                                         r"\(16, 64\) there.*model\.width"):
         train(cfg, run_dir=tmp_path / "run")
@@ -144,8 +143,7 @@ def test_a_run_of_another_width_is_refused_not_loaded_as_its_bias(narrow, tmp_pa
 def test_layers_that_do_not_fit_are_named_on_the_terminal(narrow, tmp_path, caplog):
     logger = logging.getLogger("dnnlab")
     logger.addHandler(caplog.handler)  # the dnnlab logger does not propagate
-    cfg = compose(FAST + ["model.depth=3", "model.width=16", "data.limit=100", "trainer.epochs=1",
-                          f"model.pretrained={narrow}"])
+    cfg = compose(tiny(*FAST, "model.depth=3", "data.limit=100", f"model.pretrained={narrow}"))
     try:
         weights = load_checkpoint(f"{narrow}/checkpoints/best.pt")["model"]
         model = build_trainer(cfg, RunDir(tmp_path / "run")).model
