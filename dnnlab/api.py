@@ -7,7 +7,8 @@ import random
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -237,12 +238,17 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     )
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
-    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json).
+@contextlib.contextmanager
+def opened_run(cfg: DictConfig, run_dir: str | Path | None = None, hydra_cfg: DictConfig | None = None, *,
+               extra_hooks: Sequence[Hook] = (), data: Splits | None = None, console_log: bool = True,
+               log_filter: logging.Filter | None = None) -> Iterator[Trainer]:
+    """A run ready to `fit`: its folder claimed and locked (for the whole `with`), its trainer built (restored
+    on `resume=`), its config recorded in .hydra/. Every refusal comes before the folder changes.
 
-    `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
+    `data`: the raw splits, loaded once for a stack's members; `console_log`/`log_filter`: a stack shows
+    warnings once and gives each member's train.log only its own lines.
     """
-    from dnnlab.observe.console import ProgressBar, attach_console, console, results_table
+    from dnnlab.observe.console import attach_console
 
     schema.validate(cfg)  # before anything is built or written
     threads = sweeps.thread_budget(cfg.trainer.get("threads"), sweeps.sweep_job())
@@ -265,14 +271,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
         state = load_checkpoint(checkpoint) if checkpoint else None
         if state is not None:
             check_resume(cfg, state, checkpoint)
-        handlers = [run.attach_log(log), attach_console(log)]
+        handlers = [run.attach_log(log)]
+        if log_filter is not None:
+            handlers[0].addFilter(log_filter)
+        if console_log:
+            handlers.append(attach_console(log))
         log.setLevel(logging.INFO)
         try:
             if moved is not None:
                 log.warning("trainer.overwrite=true: the run that was in %s is now in %s", run.path, moved)
-            hooks = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
             with setup_errors():
-                trainer = build_trainer(cfg, run, hooks)
+                trainer = build_trainer(cfg, run, extra_hooks, data)
             if state is not None:
                 restore(trainer, state, checkpoint)
                 check_resume(cfg, state, checkpoint, model=True)
@@ -285,12 +294,69 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
             if state is None and hydra_cfg is not None:
                 run.save_launch(hydra_cfg)
             log.info("run folder %s", run.path)
-            summary = trainer.fit()
-            if summary["status"] == "interrupted":
-                log.warning("To continue exactly from there: dnnlab train resume=%s", run.path)
-            console.print(results_table(summary))
-            return summary
+            yield trainer
         finally:
             for handler in handlers:
                 log.removeHandler(handler)
                 handler.close()
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json).
+
+    `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
+    """
+    from dnnlab.observe.console import ProgressBar, console, results_table
+
+    progress = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
+    with opened_run(cfg, run_dir, hydra_cfg, extra_hooks=progress) as trainer:
+        summary = trainer.fit()
+        if summary["status"] == "interrupted":
+            log.warning("To continue exactly from there: dnnlab train resume=%s", summary.get("run_dir"))
+        console.print(results_table(summary))
+        return summary
+
+
+@dataclass
+class StackMember:
+    """One job of a stack: its composed config (resume_config'd when it resumes), its folder, its Hydra config."""
+
+    cfg: DictConfig
+    run_dir: Path
+    hydra_cfg: DictConfig | None = None
+
+
+def train_stack(members: Sequence[StackMember], min_speedup: float = 0.9) -> list[dict[str, Any] | BaseException]:
+    """Train `members` as one stacked model (dnnlab.engine.stacked); each one's summary, or the error it failed with.
+
+    Each member's folder is claimed, built and recorded exactly as `train` does it, so it is a solo run's
+    folder. Members whose stack cannot be built, or that would train slower than `min_speedup` × one after
+    another, train one after another here, with a line saying why. A signal stops all of them.
+    """
+    from dnnlab.engine.stacked.trainer import MemberLabel, OnlyMember, StackedTrainer, as_member
+    from dnnlab.observe.console import attach_console, console, stack_table
+
+    results: list[dict[str, Any] | BaseException | None] = [None] * len(members)
+    raw = load_data(members[0].cfg.data) if members else None  # one copy for all: the stack shares its data
+    labels = {k: str(m.run_dir) for k, m in enumerate(members)}
+    screen = attach_console(log)
+    screen.addFilter(MemberLabel(labels))
+    screen.setFormatter(logging.Formatter("%(member)s%(message)s"))
+    try:
+        with contextlib.ExitStack() as opened:
+            trainers: dict[int, Trainer] = {}
+            for k, member in enumerate(members):
+                try:
+                    with as_member(k):
+                        trainers[k] = opened.enter_context(opened_run(
+                            member.cfg, member.run_dir, member.hydra_cfg, data=raw, console_log=False,
+                            log_filter=OnlyMember(k)))
+                except Exception as error:  # this member's mistake (a taken folder, a bad value): the others train
+                    results[k] = error
+            if trainers:
+                outcomes = StackedTrainer(trainers, min_speedup=min_speedup, progress=members[0].cfg.trainer.progress).fit()
+                results = [outcomes.get(k, result) for k, result in enumerate(results)]
+        console.print(stack_table(results, labels))
+        return results
+    finally:
+        log.removeHandler(screen)

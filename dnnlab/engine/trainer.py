@@ -48,6 +48,26 @@ def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == y).sum()
 
 
+@contextlib.contextmanager
+def stop_on_signals(interrupt: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM → `interrupt(signum)`; a second one ends the process at once (atomic writes keep files whole)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        interrupt(signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class Trainer:
     """Trains `model` on `data` with the given optimizer, clipping, schedule, penalties and constraints.
 
@@ -151,24 +171,8 @@ class Trainer:
         """Ask the loop to stop before its next step (what SIGINT/SIGTERM do during `fit`)."""
         self.interrupted = signum
 
-    @contextlib.contextmanager
-    def stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM → `interrupt`; a second one ends the process at once (atomic writes keep files whole)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # only the main thread may set signal handlers
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self.interrupt(signum)
-            for sig in STOP_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+    def stop_on_signals(self) -> contextlib.AbstractContextManager[None]:
+        return stop_on_signals(self.interrupt)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
