@@ -5,6 +5,8 @@ import contextlib
 import logging
 import random
 import re
+import signal
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -374,3 +376,31 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
             for handler in handlers:
                 log.removeHandler(handler)
                 handler.close()
+
+
+@dataclass
+class StackMember:
+    """One job of a stack: what `train` would get for it alone."""
+
+    cfg: DictConfig  # the job's composed config (already resume_config(...)'d when it resumes)
+    run_dir: Path  # where it trains (sweeps.plan_job's folder)
+    hydra_cfg: DictConfig  # the job's Hydra config (what train's hydra_cfg gets)
+
+
+# STAND-IN: replaced by the lead's stacked loop
+def train_stack(members: Sequence[StackMember]) -> list[dict[str, Any] | BaseException]:
+    """Train the members as one stacked model; each member's summary (as `train` returns), or the exception
+    that member failed with. A signal stops all of them."""
+    from dnnlab.errors import Interrupted
+
+    outcomes: list[dict[str, Any] | BaseException] = []
+    for member in members:
+        stopped = next((o for o in outcomes if isinstance(o, dict) and o["status"] == "interrupted"), None)
+        if stopped is not None:
+            outcomes.append(Interrupted(signal.Signals[stopped["interrupted_by"]]))
+            continue
+        try:
+            outcomes.append(train(member.cfg, run_dir=member.run_dir, hydra_cfg=member.hydra_cfg))
+        except Exception as error:
+            outcomes.append(error)
+    return outcomes
