@@ -34,6 +34,7 @@ def base():
     ([], ["regularization=[early_stopping]"]),  # a per-member hook, present or not
     ([], ["trainer.progress=true"]),
     ([], ["+tag=lr_sweep"]),  # a label: nothing reads it
+    (["study=initializers", "+study.arm=he"], ["study=initializers", "+study.arm=glorot", "initializer=glorot_normal"]),
 ])
 def test_jobs_that_differ_only_in_stackable_values_share_a_stack(base, before, after):
     first = compose([*TINY, *before]) if before else base

@@ -30,6 +30,7 @@ STACKABLE = (
     "regularization.alpha_dropout.rate", "regularization.max_norm.r",
     "regularization.early_stopping",  # a per-member hook
     "trainer.progress",
+    "study",  # a study's spec and the job's arm, recorded in its runs: training ignores it
 )
 # The stacked engine's optimizers (torch's update rules over stacked tensors), normalizations and regularizers.
 STACKED_OPTIMIZERS = tuple(f"torch.optim.{name}" for name in
