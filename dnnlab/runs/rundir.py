@@ -384,22 +384,27 @@ def model_mismatch(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> li
     return problems
 
 
+# The last.pt of each job folder of a sweep folder, as a glob pattern (RunDir spells the path; "*" is the job).
+JOB_LAST = str(RunDir("*", create=False).checkpoint_path("last"))
+
+
 def find_checkpoint(resume: str | os.PathLike) -> Path:
     """`resume=` names a run folder (→ its newest checkpoint, last.pt) or a checkpoint file; returns an absolute path."""
     path = Path(resume).expanduser().absolute()
     if path.is_file():
         return path
-    last = path / "checkpoints" / "last.pt"
+    run = RunDir(path, create=False)
+    last = run.checkpoint_path("last")
     if last.is_file():
-        best = last.with_name("best.pt")  # newer than last.pt only when killed between the two writes
+        best = run.checkpoint_path("best")  # newer than last.pt only when killed between the two writes
         newer = best.is_file() and checkpoint_epoch(best) > checkpoint_epoch(last) >= 0  # (an unreadable last.pt is reported)
         return best if newer else last
     if not path.exists():
         why = "it does not exist"
     elif not path.is_dir():
         why = "it is not a folder or a file"
-    elif any(path.glob("*/checkpoints/last.pt")):
-        runs = sorted(p.parent.parent.name for p in path.glob("*/checkpoints/last.pt"))
+    elif any(path.glob(JOB_LAST)):
+        runs = sorted(p.parent.parent.name for p in path.glob(JOB_LAST))
         why = f"it is a sweep folder; resume one of its runs, e.g. resume={path / runs[0]} (runs: {', '.join(runs)})"
     else:
         why = f"it has no checkpoints/last.pt (it holds: {', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'})"
@@ -419,9 +424,9 @@ def checkpoint_epoch(path: Path) -> int:
 
 def run_folder_of(checkpoint: Path) -> Path | None:
     """The run folder a checkpoint belongs to (<run>/checkpoints/<name>.pt), or None for a loose file."""
-    folder = checkpoint.parent.parent
-    if checkpoint.parent.name == "checkpoints" and ((folder / "metrics.jsonl").exists() or (folder / ".hydra").is_dir()):
-        return folder
+    run = RunDir(checkpoint.parent.parent, create=False)
+    if checkpoint.parent.name == run.checkpoints_dir.name and (run.metrics_path.exists() or run.hydra_dir.is_dir()):
+        return run.path
     return None
 
 
