@@ -27,9 +27,10 @@ from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
 from dnnlab.regularization import Regularizer, constraints, penalties
 from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
-from dnnlab.runs.rundir import (
-    RunDir, RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
+from dnnlab.runs.checkpoints import (
+    RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
 )
+from dnnlab.runs.rundir import RunDir
 from dnnlab.schedules import build_schedule
 from dnnlab.engine.trainer import Trainer, batches
 

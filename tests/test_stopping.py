@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from dnnlab.api import compose, train
-from dnnlab.runs.rundir import RunDir, find_checkpoint, load_checkpoint
+from dnnlab.runs.checkpoints import find_checkpoint, load_checkpoint
+from dnnlab.runs.rundir import RunDir
 
 FAST = ["trainer.progress=false", "trainer.diagnostics=false", "trainer.device=cpu",
         "data.limit=200", "model.depth=1", "model.width=8"]
