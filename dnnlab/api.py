@@ -7,7 +7,8 @@ import random
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +27,9 @@ from dnnlab.models import SELF_NORMALIZING_GROUPS, check_self_normalizing
 from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
 from dnnlab.regularization import Regularizer, constraints, penalties
-from dnnlab.errors import CheckpointError, ConfigError, UserError, did_you_mean, one_line
-from dnnlab.runs.checkpoints import (
-    RunFolderHook, check_resumable, find_checkpoint, load_checkpoint, model_mismatch, run_folder_of,
-)
+from dnnlab.errors import ConfigError, UserError, did_you_mean
+from dnnlab.runs.checkpoints import RunFolderHook, find_checkpoint, load_checkpoint, run_folder_of
+from dnnlab.runs.resume import check_resume, restore
 from dnnlab.runs.rundir import RunDir
 from dnnlab.schedules import build_schedule
 from dnnlab.engine.trainer import Trainer, batches
@@ -190,85 +190,6 @@ def user_error_behind(error: BaseException) -> UserError | None:
     return seen
 
 
-def restore(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
-    """Load a checkpoint into a freshly built trainer; CheckpointError names what does not fit."""
-    check_resumable(state, path)
-    problems = model_mismatch(trainer.model, state["model"])
-    if problems:
-        raise CheckpointError(
-            f"The checkpoint {path} does not fit the model this config builds: {'; '.join(problems)}. "
-            f"Resume with the run's own config (drop overrides of model, normalization or data), or start a new run."
-        )
-    check_schedule_length(trainer, state["schedule"])
-    try:
-        trainer.load_state_dict(state)
-    except (ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise CheckpointError(
-            f"The checkpoint {path} does not fit this run's optimizer, schedule or hooks ({one_line(error)}). "
-            f"Resume with the run's own config, or start a new run."
-        ) from error
-
-
-# What `resume=` may set differently from the run it continues: more epochs, and settings that change how
-# it computes, not what. Every other value is held by the restored state (optimizer and schedule
-# hyper-parameters, RNG, weights) or shaped the epochs already run, and the folder records one config.
-RESUME_MAY_CHANGE = (
-    "resume", "trainer.epochs", "trainer.device", "trainer.threads", "trainer.progress", "trainer.diagnostics",
-    "trainer.eval_batch_size", "trainer.compile", "trainer.cuda_graph", "trainer.channels_last",
-    "optimizer.implementation", "data.root", "data.download",
-    "trainer.overwrite",  # how the run's folder was claimed at its start; a resume claims nothing
-)
-
-
-def check_resume(cfg: DictConfig, state: dict[str, Any], path: Path, model: bool = False) -> None:
-    """ConfigError, before anything is written, for a resume that cannot continue `state` exactly.
-
-    `model=False`: fewer epochs than done, or a changed value outside `model`; `model=True` (once the
-    weights fit): a changed `model` value, which the loaded weights would override.
-    """
-    done = int(state.get("epoch", 0))
-    if not model and cfg.trainer.epochs < done:
-        raise ConfigError(
-            f"trainer.epochs={cfg.trainer.epochs} is fewer than the {done} epochs {path} has already trained; "
-            f"resume= only continues a run (trainer.epochs={done} or more). Its metrics.jsonl keeps every epoch; "
-            f"for a shorter run start a new one."
-        )
-    changed = {k: v for k, v in changed_values(cfg, state).items() if k.startswith("model.") == model}
-    if changed:
-        named = "; ".join(f"{k}={asked} (the run was trained with {ran})" for k, (ran, asked) in changed.items())
-        raise ConfigError(
-            f"resume= continues {path} exactly as it was trained, so these values cannot change: {named}. The "
-            f"checkpoint restores the weights, optimizer, schedule and random state its own values produced, and the "
-            f"run folder would record a value that never ran. Only trainer.epochs (at least {done}) and settings that "
-            f"do not change the numbers may differ ({', '.join(RESUME_MAY_CHANGE[2:])}). To train on with other "
-            f"values, start a new run from its weights: model.pretrained={path} plus the new values."
-        )
-
-
-def changed_values(cfg: DictConfig, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """key → (value the checkpoint was trained with, value `cfg` asks for), outside RESUME_MAY_CHANGE."""
-    if not state.get("config"):
-        return {}  # a checkpoint without its config: nothing to compare with
-    ran = schema.flatten(OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=True))
-    asked = schema.flatten(OmegaConf.to_container(cfg, resolve=True))
-    unset = "nothing"
-    return {k: (ran.get(k, unset), asked.get(k, unset)) for k in sorted(ran.keys() | asked.keys())
-            if ran.get(k, unset) != asked.get(k, unset) and k not in RESUME_MAY_CHANGE}
-
-
-def check_schedule_length(trainer: Trainer, saved: dict[str, Any]) -> None:
-    """A schedule planned over the run's length (1cycle, cosine) cannot be stretched on resume."""
-    scheduler = trainer.schedule.scheduler
-    for key in ("total_steps", "T_max"):
-        if key in saved and scheduler is not None and getattr(scheduler, key, saved[key]) != saved[key]:
-            raise ConfigError(
-                f"This run's schedule plans the learning rate over its whole length ({key}={saved[key]}), so "
-                f"trainer.epochs and trainer.batch_size cannot change on resume (they give {key}="
-                f"{getattr(scheduler, key)}). Resume with the run's own values, or start a new run; "
-                f"schedule=none, power, exponential, piecewise and performance can be extended."
-            )
-
-
 def check_last_batch(model: nn.Module, n: int, batch_size: int) -> None:
     """ConfigError when batch norm over vectors would see a training batch of one sample (it cannot normalize it).
 
@@ -318,12 +239,17 @@ def build_trainer(cfg: DictConfig, run: RunDir, extra_hooks: Sequence[Hook] = ()
     )
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
-    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json).
+@contextlib.contextmanager
+def opened_run(cfg: DictConfig, run_dir: str | Path | None = None, hydra_cfg: DictConfig | None = None, *,
+               extra_hooks: Sequence[Hook] = (), data: Splits | None = None, console_log: bool = True,
+               log_filter: logging.Filter | None = None) -> Iterator[Trainer]:
+    """A run ready to `fit`: its folder claimed and locked (for the whole `with`), its trainer built (restored
+    on `resume=`), its config recorded in .hydra/. Every refusal comes before the folder changes.
 
-    `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
+    `data`: the raw splits, loaded once for a stack's members; `console_log`/`log_filter`: a stack shows
+    warnings once and gives each member's train.log only its own lines.
     """
-    from dnnlab.observe.console import ProgressBar, attach_console, console, results_table
+    from dnnlab.observe.console import attach_console
 
     schema.validate(cfg)  # before anything is built or written
     threads = sweeps.thread_budget(cfg.trainer.get("threads"), sweeps.sweep_job())
@@ -346,14 +272,17 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
         state = load_checkpoint(checkpoint) if checkpoint else None
         if state is not None:
             check_resume(cfg, state, checkpoint)
-        handlers = [run.attach_log(log), attach_console(log)]
+        handlers = [run.attach_log(log)]
+        if log_filter is not None:
+            handlers[0].addFilter(log_filter)
+        if console_log:
+            handlers.append(attach_console(log))
         log.setLevel(logging.INFO)
         try:
             if moved is not None:
                 log.warning("trainer.overwrite=true: the run that was in %s is now in %s", run.path, moved)
-            hooks = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
             with setup_errors():
-                trainer = build_trainer(cfg, run, hooks)
+                trainer = build_trainer(cfg, run, extra_hooks, data)
             if state is not None:
                 restore(trainer, state, checkpoint)
                 check_resume(cfg, state, checkpoint, model=True)
@@ -366,12 +295,69 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: Dict
             if state is None and hydra_cfg is not None:
                 run.save_launch(hydra_cfg)
             log.info("run folder %s", run.path)
-            summary = trainer.fit()
-            if summary["status"] == "interrupted":
-                log.warning("To continue exactly from there: dnnlab train resume=%s", run.path)
-            console.print(results_table(summary))
-            return summary
+            yield trainer
         finally:
             for handler in handlers:
                 log.removeHandler(handler)
                 handler.close()
+
+
+def train(cfg: DictConfig, run_dir: str | Path | None = None, *, hydra_cfg: DictConfig | None = None) -> dict[str, Any]:
+    """Run one training job as `dnnlab train` does; returns the summary (also in summary.json).
+
+    `hydra_cfg`: Hydra's config of the job that launched it; a new run records it in .hydra/.
+    """
+    from dnnlab.observe.console import ProgressBar, console, results_table
+
+    progress = [ProgressBar(cfg.trainer.epochs)] if cfg.trainer.progress else []
+    with opened_run(cfg, run_dir, hydra_cfg, extra_hooks=progress) as trainer:
+        summary = trainer.fit()
+        if summary["status"] == "interrupted":
+            log.warning("To continue exactly from there: dnnlab train resume=%s", summary.get("run_dir"))
+        console.print(results_table(summary))
+        return summary
+
+
+@dataclass
+class StackMember:
+    """One job of a stack: its composed config (resume_config'd when it resumes), its folder, its Hydra config."""
+
+    cfg: DictConfig
+    run_dir: Path
+    hydra_cfg: DictConfig | None = None
+
+
+def train_stack(members: Sequence[StackMember], min_speedup: float = 0.9) -> list[dict[str, Any] | BaseException]:
+    """Train `members` as one stacked model (dnnlab.engine.stacked); each one's summary, or the error it failed with.
+
+    Each member's folder is claimed, built and recorded exactly as `train` does it, so it is a solo run's
+    folder. Members whose stack cannot be built, or that would train slower than `min_speedup` × one after
+    another, train one after another here, with a line saying why. A signal stops all of them.
+    """
+    from dnnlab.engine.stacked.trainer import MemberLabel, OnlyMember, StackedTrainer, as_member
+    from dnnlab.observe.console import attach_console, console, stack_table
+
+    results: list[dict[str, Any] | BaseException | None] = [None] * len(members)
+    raw = load_data(members[0].cfg.data) if members else None  # one copy for all: the stack shares its data
+    labels = {k: str(m.run_dir) for k, m in enumerate(members)}
+    screen = attach_console(log)
+    screen.addFilter(MemberLabel(labels))
+    screen.setFormatter(logging.Formatter("%(member)s%(message)s"))
+    try:
+        with contextlib.ExitStack() as opened:
+            trainers: dict[int, Trainer] = {}
+            for k, member in enumerate(members):
+                try:
+                    with as_member(k):
+                        trainers[k] = opened.enter_context(opened_run(
+                            member.cfg, member.run_dir, member.hydra_cfg, data=raw, console_log=False,
+                            log_filter=OnlyMember(k)))
+                except Exception as error:  # this member's mistake (a taken folder, a bad value): the others train
+                    results[k] = error
+            if trainers:
+                outcomes = StackedTrainer(trainers, min_speedup=min_speedup, progress=members[0].cfg.trainer.progress).fit()
+                results = [outcomes.get(k, result) for k, result in enumerate(results)]
+        console.print(stack_table(results, labels))
+        return results
+    finally:
+        log.removeHandler(screen)

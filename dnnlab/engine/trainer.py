@@ -48,6 +48,26 @@ def count_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == y).sum()
 
 
+@contextlib.contextmanager
+def stop_on_signals(interrupt: Callable[[int], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM → `interrupt(signum)`; a second one ends the process at once (atomic writes keep files whole)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        interrupt(signum)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class Trainer:
     """Trains `model` on `data` with the given optimizer, clipping, schedule, penalties and constraints.
 
@@ -151,24 +171,8 @@ class Trainer:
         """Ask the loop to stop before its next step (what SIGINT/SIGTERM do during `fit`)."""
         self.interrupted = signum
 
-    @contextlib.contextmanager
-    def stop_on_signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM → `interrupt`; a second one ends the process at once (atomic writes keep files whole)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # only the main thread may set signal handlers
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            self.interrupt(signum)
-            for sig in STOP_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-
-        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+    def stop_on_signals(self) -> contextlib.AbstractContextManager[None]:
+        return stop_on_signals(self.interrupt)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -176,22 +180,30 @@ class Trainer:
 
         On an exception the summary is written with status `failed` and the error, then it is re-raised.
         """
-        self.started = started = time.perf_counter()
+        self.started = time.perf_counter()
         with self.stop_on_signals():
             try:
                 self.call_hooks("on_fit_start")
                 self.run_epochs()
             except Exception as error:
-                self.status, self.stop_reason = "failed", one_line(error)
-                self.notes["error"] = one_line(error)
-                with contextlib.suppress(Exception):  # the summary is a courtesy; the error is what matters
-                    self.call_hooks("on_train_end")
-                    self.finish(time.perf_counter() - started)
+                self.fail(error)
                 raise
-            if self.status == "running":
-                self.status = "completed"
+            return self.conclude()
+
+    def fail(self, error: BaseException) -> None:
+        """End the run `failed` with `error`, writing its summary when that still works."""
+        self.status, self.stop_reason = "failed", one_line(error)
+        self.notes["error"] = one_line(error)
+        with contextlib.suppress(Exception):  # the summary is a courtesy; the error is what matters
             self.call_hooks("on_train_end")
-            return self.finish(time.perf_counter() - started)
+            self.finish(time.perf_counter() - self.started)
+
+    def conclude(self) -> dict[str, Any]:
+        """After the last epoch (or a stop): on_train_end, the test evaluation and the summary."""
+        if self.status == "running":
+            self.status = "completed"
+        self.call_hooks("on_train_end")
+        return self.finish(time.perf_counter() - self.started)
 
     def run_epochs(self) -> None:
         while self.status == "running" and self.epoch < self.epochs:
@@ -211,20 +223,27 @@ class Trainer:
             # The one host-device sync of the epoch.
             counted = [] if self.nonfinite_optimized is None else [self.nonfinite_optimized.float()]
             numbers = torch.stack([train_loss, train_acc, val_loss, val_acc, finite_steps.float(), *counted]).tolist()
-            epoch_s = time.perf_counter() - t0
-            self.epoch += 1
-            values = (self.epoch, self.step, float(lr), *numbers[:4], epoch_s, len(self.data.train_y) / epoch_s)
-            metrics = dict(zip(EPOCH_METRICS, values, strict=True))
-            if counted:
-                metrics["optimized_loss_nonfinite_steps"] = int(numbers[5])
-            if not math.isfinite(numbers[0]):
-                self.diverged(boundary_step + int(numbers[4]) + 1)
-                metrics["step"] = self.step
-            elif not math.isfinite(numbers[2]):
-                self.diverged(self.step)  # the epoch's last step left non-finite weights
-            else:
-                self.schedule.epoch_end(numbers[2])
-            self.call_hooks("on_epoch_end", metrics)
+            self.end_epoch(boundary_step, lr, numbers, time.perf_counter() - t0)
+
+    def end_epoch(self, boundary_step: int, lr: float, numbers: list[float], epoch_s: float) -> None:
+        """Count the epoch, build its metrics row from `numbers` (train loss, train acc, val loss, val acc, finite
+        steps[, non-finite optimized-loss steps]), catch divergence, step the epoch schedule, call the hooks.
+
+        The stacked loop (dnnlab.engine.stacked) calls it for each member with that member's numbers.
+        """
+        self.epoch += 1
+        values = (self.epoch, self.step, float(lr), *numbers[:4], epoch_s, len(self.data.train_y) / epoch_s)
+        metrics = dict(zip(EPOCH_METRICS, values, strict=True))
+        if len(numbers) > 5:
+            metrics["optimized_loss_nonfinite_steps"] = int(numbers[5])
+        if not math.isfinite(numbers[0]):
+            self.diverged(boundary_step + int(numbers[4]) + 1)
+            metrics["step"] = self.step
+        elif not math.isfinite(numbers[2]):
+            self.diverged(self.step)  # the epoch's last step left non-finite weights
+        else:
+            self.schedule.epoch_end(numbers[2])
+        self.call_hooks("on_epoch_end", metrics)
 
     def stopped_by_signal(self, partial_epoch: bool) -> None:
         name = signal.Signals(self.interrupted).name

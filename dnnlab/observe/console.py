@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +25,12 @@ def attach_console(logger: logging.Logger) -> logging.Handler:
     return handler
 
 
+def epoch_progress(out: Console = console, label: str = "epoch") -> Progress:
+    """A bar over epochs whose text is its task's description."""
+    return Progress(TextColumn(f"[bold]{label}"), MofNCompleteColumn(), BarColumn(bar_width=20), TimeElapsedColumn(),
+                    TextColumn("{task.description}"), console=out, transient=False)
+
+
 class ProgressBar(Hook):
     """One bar over epochs; its text shows the last epoch's losses and accuracies."""
 
@@ -33,15 +39,7 @@ class ProgressBar(Hook):
         self.progress: Progress | None = None
 
     def on_fit_start(self, trainer) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]epoch"),
-            MofNCompleteColumn(),
-            BarColumn(bar_width=20),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}"),
-            console=self.out,
-            transient=False,
-        )
+        self.progress = epoch_progress(self.out)
         self.progress.start()
         self.task = self.progress.add_task("", total=self.epochs, completed=trainer.epoch)
 
@@ -74,6 +72,19 @@ def results_table(summary: dict[str, Any]) -> Table:
         table.add_row(option.removeprefix("trainer."), Text(state, style="yellow" if state.startswith("off") else ""))
     if "health" in summary:
         add_health(table, summary["health"])
+    return table
+
+
+def stack_table(results: Sequence[Any], folders: dict[int, str]) -> Table:
+    """One row per member of a stack: its folder, status and numbers (or the error it failed with)."""
+    table = Table(title=f"dnnlab stack of {len(results)}", show_header=True, header_style="bold")
+    for column in ("run_dir", "status", "epochs", "best_val_acc", "test_acc", "wall_s"):
+        table.add_column(column, justify="left" if column in ("run_dir", "status") else "right")
+    for k, result in enumerate(results):
+        if isinstance(result, dict):
+            table.add_row(folders[k], *(fmt(result.get(key)) for key in ("status", "epochs", "best_val_acc", "test_acc", "wall_s")))
+        else:
+            table.add_row(folders[k], Text("failed", style="bold red"), Text(str(result)[:80], style="red"), "", "", "")
     return table
 
 
