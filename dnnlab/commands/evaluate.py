@@ -46,7 +46,8 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", da
     from dnnlab.data import load_data
     from dnnlab.errors import CheckpointError, RunFolderError
     from dnnlab.pretrain import build_task
-    from dnnlab.runs.rundir import RunDir, load_checkpoint, model_mismatch
+    from dnnlab.runs.checkpoints import load_checkpoint, model_mismatch
+    from dnnlab.runs.rundir import RunDir
 
     path = Path(run).expanduser()
     folder = RunDir(path, create=False)
