@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.config.schema import CLASSIFICATION, flatten, root_keys
 from dnnlab.errors import ConfigError
-from dnnlab.runs.rundir import checkpoint_epoch, find_checkpoint
+from dnnlab.runs.checkpoints import checkpoint_epoch, find_checkpoint
 from dnnlab.runs.sweeps import identity
 
 # Values members of one stack may differ in: each member keeps its own. A path names a value or a whole node.

@@ -26,7 +26,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dnnlab import api
 from dnnlab.errors import Interrupted, RunFolderTaken, one_line, report_error
-from dnnlab.runs.rundir import RunDir, find_checkpoint, remove_stray, run_folder_of
+from dnnlab.runs.checkpoints import find_checkpoint, run_folder_of
+from dnnlab.runs.rundir import RunDir, remove_stray
 from dnnlab.runs.sweeps import plan_job
 
 # What training a job gave: its summary, or the error (or interruption before training began) it stopped with.
