@@ -210,3 +210,26 @@ def test_cannot_stack_different_architectures_or_settings():
         m.hidden1.norm.momentum = None
     with pytest.raises(CannotStack, match="momentum=None"):
         stack_models(cumulative)
+
+
+def test_cannot_stack_activation_settings_without_a_per_member_form():
+    with pytest.raises(CannotStack, match="hidden1.act: the members' GELU settings differ"):
+        stack_models(members(2, [functools.partial(nn.GELU, approximate=a) for a in ("none", "tanh")]))
+
+
+def test_gradients_replaced_by_someone_else_return_to_flat_grad():
+    """A caller that sets .grad to None (torch's default zero_grad) still gets every member's gradient stepped."""
+    x, y = dataset()
+    idx = torch.arange(K * BATCH).view(K, BATCH)
+    results = []
+    for replace in (False, True):
+        stacked = stack_models(members(K))
+        stacked.zero_grad()
+        if replace:
+            for p in stacked.stacked_parameters():
+                p.grad = None
+        F.cross_entropy(stacked(x[idx]).flatten(0, 1), y[idx].flatten()).backward()
+        stacked.attach_grads()
+        results.append(stacked.flat_grad.clone())
+        assert all(p.grad is view for p, view in zip(stacked.stacked_parameters(), stacked.grad_views))
+    assert torch.equal(*results) and results[0].abs().sum() > 0

@@ -13,7 +13,7 @@ import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -58,8 +58,9 @@ class Slot:
     shape: tuple[int, ...]  # the member's shape (without K)
 
 
-def stack(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+def stack(path: str, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
     """The members' tensors stacked on a new first dimension (detached copies), or None when they have none."""
+    same(path, "parameter shapes", [None if t is None else tuple(t.shape) for t in tensors])
     return None if tensors[0] is None else torch.stack([t.detach() for t in tensors])
 
 
@@ -70,48 +71,79 @@ def same(path: str, what: str, values: Sequence[object]) -> object:
     return values[0]
 
 
+Stacker = Callable[[str, list, torch.Tensor], Optional[nn.Module]]
+
+
+def stack_sequential(path: str, modules: list[nn.Sequential], like: torch.Tensor) -> nn.Module:
+    same(path, "sub-layers", [tuple(m._modules) for m in modules])
+    return nn.Sequential(OrderedDict(
+        (name, stack_layer(f"{path}.{name}", [m._modules[name] for m in modules], like)) for name in modules[0]._modules
+    ))
+
+
+def stack_flatten(path: str, modules: list[nn.Flatten], like: torch.Tensor) -> nn.Module | None:
+    return StackedFlatten() if all((m.start_dim, m.end_dim) == (1, -1) for m in modules) else None
+
+
+def stack_linear(path: str, modules: list[nn.Linear], like: torch.Tensor) -> nn.Module:
+    return StackedLinear(stack(path, [m.weight for m in modules]), stack(path, [m.bias for m in modules]))
+
+
+def stack_batch_norm(path: str, modules: list[nn.BatchNorm1d], like: torch.Tensor) -> nn.Module:
+    momentum = same(path, "batch-norm momentum", [m.momentum for m in modules])
+    if momentum is None:
+        raise CannotStack(f"{path}: batch norm with momentum=None (a cumulative average) has no stacked form yet")
+    same(path, "track_running_stats", [m.track_running_stats for m in modules])
+    tensors = {name: stack(path, [getattr(m, name) for m in modules])
+               for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    return StackedBatchNorm(**tensors, eps=same(path, "batch-norm eps", [m.eps for m in modules]), momentum=momentum)
+
+
+def stack_layer_norm(path: str, modules: list[nn.LayerNorm], like: torch.Tensor) -> nn.Module | None:
+    shape = same(path, "normalized shapes", [m.normalized_shape for m in modules])
+    if len(shape) != 1:
+        return None
+    return StackedLayerNorm(stack(path, [m.weight for m in modules]), stack(path, [m.bias for m in modules]),
+                            shape[0], same(path, "layer-norm eps", [m.eps for m in modules]))
+
+
+def stack_dropout(path: str, modules: list[nn.Dropout], like: torch.Tensor) -> nn.Module:
+    return StackedDropout([m.p for m in modules], alpha=isinstance(modules[0], nn.AlphaDropout), like=like)
+
+
+def stack_prelu(path: str, modules: list[nn.PReLU], like: torch.Tensor) -> nn.Module:
+    return StackedPReLU(stack(path, [m.weight for m in modules]))
+
+
+def stack_elementwise(path: str, modules: list[nn.Module], like: torch.Tensor) -> nn.Module:
+    """One copy of the activation when the members' settings are equal, else its per-member form."""
+    kind, settings = type(modules[0]), [m.extra_repr() for m in modules]
+    if all(s == settings[0] for s in settings):
+        return copy.deepcopy(modules[0])
+    if kind not in PER_MEMBER:
+        same(path, f"{kind.__name__} settings", settings)  # they differ: raises
+    return PER_MEMBER[kind](modules, like)
+
+
+STACKERS: dict[type, Stacker] = {
+    nn.Sequential: stack_sequential, nn.Flatten: stack_flatten, nn.Linear: stack_linear,
+    nn.BatchNorm1d: stack_batch_norm, nn.LayerNorm: stack_layer_norm, nn.Dropout: stack_dropout,
+    nn.AlphaDropout: stack_dropout, nn.PReLU: stack_prelu, **{kind: stack_elementwise for kind in ELEMENTWISE},
+}
+
+
 def stack_layer(path: str, modules: list[nn.Module], like: torch.Tensor) -> nn.Module:
-    """The stacked form of the members' layer at `path` (all of one type), or CannotStack naming it."""
+    """The stacked form of the members' layer at `path` (all of one type), or CannotStack naming it.
+
+    `like`: a member parameter (the device and dtype of per-member settings).
+    """
     same(path, "layer types", [type(m).__name__ for m in modules])
-    first = modules[0]
-    kind = type(first)
-    if kind is nn.Sequential:
-        same(path, "sub-layers", [tuple(m._modules) for m in modules])
-        return nn.Sequential(OrderedDict(
-            (name, stack_layer(f"{path}.{name}", [m._modules[name] for m in modules], like)) for name in first._modules
-        ))
-    if kind is nn.Flatten and (first.start_dim, first.end_dim) == (1, -1):
-        return StackedFlatten()
-    if kind in (nn.Linear, nn.LayerNorm, nn.BatchNorm1d, nn.PReLU):
-        same(path, "parameter shapes", [tuple((n, tuple(p.shape)) for n, p in m.named_parameters()) for m in modules])
-    if kind is nn.Linear:
-        return StackedLinear(stack([m.weight for m in modules]), stack([m.bias for m in modules]))
-    if kind is nn.BatchNorm1d:
-        momentum = same(path, "batch-norm momentum", [m.momentum for m in modules])
-        if momentum is None:
-            raise CannotStack(f"{path}: batch norm with momentum=None (a cumulative average) has no stacked form yet")
-        same(path, "track_running_stats", [m.track_running_stats for m in modules])
-        return StackedBatchNorm(
-            stack([m.weight for m in modules]), stack([m.bias for m in modules]),
-            stack([m.running_mean for m in modules]), stack([m.running_var for m in modules]),
-            stack([m.num_batches_tracked for m in modules]), same(path, "batch-norm eps", [m.eps for m in modules]), momentum,
-        )
-    if kind is nn.LayerNorm and len(first.normalized_shape) == 1:
-        return StackedLayerNorm(stack([m.weight for m in modules]), stack([m.bias for m in modules]),
-                                first.normalized_shape[0], same(path, "layer-norm eps", [m.eps for m in modules]))
-    if kind in (nn.Dropout, nn.AlphaDropout):
-        return StackedDropout([m.p for m in modules], alpha=kind is nn.AlphaDropout, like=like)
-    if kind is nn.PReLU:
-        return StackedPReLU(stack([m.weight for m in modules]))
-    if kind in ELEMENTWISE:
-        settings = [m.extra_repr() for m in modules]
-        if all(s == settings[0] for s in settings):
-            return copy.deepcopy(first)
-        if kind in PER_MEMBER:
-            return PER_MEMBER[kind](modules, like)
-        same(path, f"{kind.__name__} settings", settings)
-    detail = f"{kind.__name__}({first.extra_repr()})" if kind in (nn.Flatten, nn.LayerNorm) else kind.__name__
-    raise CannotStack(f"the model's layer {path} ({detail}) has no stacked form yet ({SUPPORTED})")
+    kind = type(modules[0])
+    layer = STACKERS[kind](path, modules, like) if kind in STACKERS else None
+    if layer is None:
+        detail = f"{kind.__name__}({modules[0].extra_repr()})" if kind in STACKERS else kind.__name__
+        raise CannotStack(f"the model's layer {path} ({detail}) has no stacked form yet ({SUPPORTED})")
+    return layer
 
 
 class StackedModel(nn.Module):

@@ -151,6 +151,8 @@ class StackedOptimizer:
     def read_from(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Load each member's optimizer state and hyper-parameters into the stack (a member resumed from a checkpoint)."""
         self.model.check_count(optimizers)
+        for optimizer in optimizers:
+            optimizer._opt_called = True  # the stack steps for it: its LRScheduler must not warn that it never stepped
         self.refresh(optimizers)
         keys = self.rule.all_state_keys()
         for k, optimizer in enumerate(optimizers):
