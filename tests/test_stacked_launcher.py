@@ -12,17 +12,11 @@ from omegaconf import OmegaConf
 from dnnlab.cli import main
 from dnnlab.runs.rundir import RunDir
 from helpers.folders import snapshot
-from helpers.stack_stand_in import patch_if_missing
 
 TINY = ["data.limit=200", "model.depth=1", "model.width=8", "trainer.epochs=1", "trainer.diagnostics=false",
         "trainer.progress=false"]
 STACKED = ["train", "-m", "hydra/launcher=stacked"]
 TIMING = ("epoch_s", "samples_per_s", "diag_s")
-
-
-@pytest.fixture(autouse=True)
-def stacked_loop(monkeypatch):
-    patch_if_missing(monkeypatch)  # until dnnlab.engine.stacked is in the tree
 
 
 @pytest.fixture
