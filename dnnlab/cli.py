@@ -202,7 +202,7 @@ def preflight(args: Any) -> Any:
     from dnnlab.config import schema
     from dnnlab.api import compose, resume_override
     from dnnlab.errors import UserError
-    from dnnlab.runs.stacks import check_max_stack
+    from dnnlab.runs.stacks import check_launcher
 
     overrides = list(args.overrides)
     try:
@@ -220,7 +220,7 @@ def preflight(args: Any) -> Any:
     if not resuming:
         if args.cfg is None:  # --cfg only prints: it makes no folder
             check_output_dir(cfg, args.multirun)
-            check_max_stack(OmegaConf.select(cfg, "hydra.launcher.max_stack"))  # hydra/launcher=stacked's
+            check_launcher(OmegaConf.select(cfg, "hydra.launcher"))
         with open_dict(cfg):
             del cfg["hydra"]
     if args.cfg is None:

@@ -150,3 +150,28 @@ def test_too_slow_a_stack_trains_one_after_another(tmp_path, caplog):
     solo = tmp_path / "solo"
     train(cfgs[1], run_dir=solo)
     assert rows(folders[1])[0]["train_loss"] == rows(solo)[0]["train_loss"]  # solo path: bit for bit
+
+
+def test_with_dropout_the_members_match_the_solo_runs_on_average(tmp_path):
+    """Dropout masks differ from the solo runs' (they come from the stack's one random stream), so the rule is
+    statistical: over 8 seeds the members' mean test accuracy is within one standard deviation of the solo runs'."""
+    import statistics
+
+    jobs = [["regularization=[dropout]", "regularization.dropout.rate=0.3", f"seed={s}", "trainer.epochs=2",
+             "trainer.diagnostics=false"] for s in range(8)]
+    pairs = solo_and_stacked(tmp_path, jobs)
+    solo = [summary(s)["test_acc"] for s, _ in pairs]
+    stacked = [summary(m)["test_acc"] for _, m in pairs]
+    assert abs(statistics.mean(stacked) - statistics.mean(solo)) <= statistics.stdev(solo)
+
+
+def test_a_stack_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
+    from dnnlab.engine.stacked import trainer as stacked
+
+    monkeypatch.setattr(stacked, "members_that_fit", lambda trainers: 2)
+    pairs = solo_and_stacked(tmp_path, [[f"seed={s}", "trainer.epochs=1"] for s in range(3)])
+    for solo, member in pairs:
+        assert_faithful(solo, member)
+    places = [summary(m)["stack"] for _, m in pairs]
+    assert [(p["size"], p["index"]) for p in places] == [(2, 0), (2, 1), (1, 0)]
+    assert places[2]["trained_solo"] == "a stack of one" and "trained_solo" not in places[0]

@@ -146,6 +146,22 @@ def check_max_stack(value: Any) -> None:
                           f"or null (no count limit: the stacked loop splits a stack by memory).")
 
 
+def check_min_speedup(value: Any) -> None:
+    """ConfigError for a `hydra.launcher.min_speedup` that is not a number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(f"hydra.launcher.min_speedup={value!r} is not valid: it must be a number ≥ 0 (0.9: a stack "
+                          f"that would train slower than 0.9 × its jobs one after another trains them one after another; "
+                          f"0: always stack).")
+
+
+def check_launcher(launcher: Any) -> None:
+    """ConfigError for a bad setting of hydra/launcher=stacked (`launcher`: the hydra.launcher node); others pass."""
+    if launcher is None or "dnnlab_stacked_launcher" not in str(launcher.get("_target_", "")):
+        return
+    check_max_stack(launcher.get("max_stack"))
+    check_min_speedup(launcher.get("min_speedup", 0.9))
+
+
 def describe() -> str:
     """What stacks and what trains alone, in a paragraph (`dnnlab list`)."""
     nodes: dict[str, list[str]] = {}

@@ -121,6 +121,7 @@ def launch(launcher: StackedLauncher, job_overrides: Sequence[Sequence[str]], in
     setup_globals()
     assert launcher.config is not None and launcher.hydra_context is not None and launcher.task_function is not None
     stacks.check_max_stack(launcher.max_stack)
+    stacks.check_min_speedup(launcher.min_speedup)
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     log.info(f"Launching {len(job_overrides)} jobs, stacked where they can train together")
@@ -134,7 +135,7 @@ def launch(launcher: StackedLauncher, job_overrides: Sequence[Sequence[str]], in
             print(f"dnnlab: hydra/launcher=stacked runs these {len(jobs)} jobs one after another: {why}", file=sys.stderr)
             return [job.run_alone() for job in jobs]
         for unit in units(jobs, launcher.max_stack):
-            run_unit(unit)
+            run_unit(unit, launcher.min_speedup)
         return [job.ret for job in jobs]
     except BaseException:  # a signal (or a bug): jobs planned but never trained leave no empty folders behind
         for job in jobs:
@@ -184,7 +185,7 @@ def units(jobs: list[Job], max_stack: int | None) -> list[list[Job]]:
     return sorted(found, key=lambda unit: unit[0].idx)
 
 
-def run_unit(unit: list[Job]) -> None:
+def run_unit(unit: list[Job], min_speedup: float) -> None:
     """Train a unit: a job alone, or a stack; a signal ends the launch once every member is finished."""
     from dnnlab.api import StackMember, train_stack
 
@@ -201,7 +202,7 @@ def run_unit(unit: list[Job]) -> None:
     first.activate()
     try:
         with env_override(first.config.hydra.job.env_set):
-            outcomes = train_stack(members)
+            outcomes = train_stack(members, min_speedup=min_speedup)
     except KeyboardInterrupt as stop:  # before the members had their summaries
         outcomes = [stop] * len(unit)
     stop = None

@@ -93,6 +93,7 @@ class StackedTrainer:
         self.results: dict[int, dict[str, Any] | BaseException] = {}
         self.interrupted: int | None = None
         self.solo_why = ""  # why the members trained one after another instead, if they did
+        self.chunk = list(self.members)  # the members of the stack training now (a part, when memory is short)
         first = next(iter(self.members.values()))
         self.data, self.batch_size, self.device = first.data, first.batch_size, first.device
 
@@ -125,7 +126,7 @@ class StackedTrainer:
         return [live[i : i + fits] for i in range(0, len(live), fits)]
 
     def train_chunk(self, live: list[int]) -> None:
-        started = time.perf_counter()
+        self.chunk, started = live, time.perf_counter()
         for k in live:
             self.members[k].started = started
         self.solo_why = self.prepare_stack(live)
@@ -358,7 +359,8 @@ class StackedTrainer:
     def conclude(self, k: int) -> None:
         """Member k's end, as a solo run's: on_train_end, the test evaluation, its summary (with its place in the stack)."""
         trainer = self.members[k]
-        trainer.notes["stack"] = {"size": len(self.members), "index": list(self.members).index(k)}
+        chunk = self.chunk if k in self.chunk else list(self.members)
+        trainer.notes["stack"] = {"size": len(chunk), "index": chunk.index(k)}
         if self.solo_why:
             trainer.notes["stack"]["trained_solo"] = self.solo_why
         with as_member(k):
