@@ -28,8 +28,9 @@ from dnnlab.optim import build_optimizer
 from dnnlab.pretrain import build_task
 from dnnlab.regularization import Regularizer, constraints, penalties
 from dnnlab.errors import ConfigError, UserError, did_you_mean
+from dnnlab.runs.checkpoints import RunFolderHook, find_checkpoint, load_checkpoint, run_folder_of
 from dnnlab.runs.resume import check_resume, restore
-from dnnlab.runs.rundir import RunDir, RunFolderHook, find_checkpoint, load_checkpoint, run_folder_of
+from dnnlab.runs.rundir import RunDir
 from dnnlab.schedules import build_schedule
 from dnnlab.engine.trainer import Trainer, batches
 

@@ -91,127 +91,25 @@ def hydra_app(task, argv: list[str], prog: str) -> int:
         raise carried[0]
     return 0
 
-# Sweep jobs this process did not run because their folder was taken (not failures).
-_refused: list[str] = []
-# The sweep's own process id, for its jobs' worker processes (joblib) to tell that they are workers.
-SWEEP_PID_ENV = "DNNLAB_SWEEP_PID"
-_job_running = threading.Event()
-_watching: list[threading.Thread] = []
-
-
-def stop_when_orphaned() -> None:
-    """In a sweep's worker process: once the sweep's process is gone (killed, Ctrl-C), stop as SIGTERM would.
-
-    A killed parent does not take joblib's workers with it: they would go on training for nobody. The
-    job in progress ends at its epoch boundary (`interrupted`, resumable), then the worker exits.
-    """
-    if os.environ.get(SWEEP_PID_ENV) in (None, str(os.getpid())) or _watching:
-        return  # not a worker (the basic launcher runs jobs in the sweep's process), or already watching
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:  # re-parented the moment the parent dies, reaped or not
-            time.sleep(0.2)
-        if _job_running.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: stop at the next step, keep last.pt
-            while _job_running.is_set():
-                time.sleep(0.05)
-        os._exit(128 + signal.SIGTERM)
-
-    _watching.append(threading.Thread(target=watch, name="dnnlab-orphan-watch", daemon=True))
-    _watching[0].start()
-
 
 def train_task(cfg) -> float:
     """Hydra task: one training run; returns the best validation accuracy (for sweepers).
 
     A sweep job is matched to its sweep's folders by config (see sweeps.plan_job): re-running a
-    sweep skips, resumes or restarts its jobs and never deletes a finished one.
-    In a sweep a job's error is recorded in its summary.json (`failed`) and the sweep goes on;
-    a signal stops the whole sweep (`Interrupted` is a KeyboardInterrupt, which launchers pass on).
+    sweep skips, resumes or restarts its jobs and never deletes a finished one (dnnlab.runs.sweep_job).
     """
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from dnnlab.api import resume_config, train
-    from dnnlab.errors import RunFolderTaken
-    from dnnlab.runs.rundir import remove_stray
-    from dnnlab.runs.sweeps import plan_job
+    from dnnlab.runs import sweep_job
 
-    hydra_cfg = HydraConfig.get()
-    job_dir = Path(hydra_cfg.runtime.output_dir)
-    sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    folder = job_dir  # where this job's run is: a sweep job may be matched to another folder
-    if sweep:
-        stop_when_orphaned()
-    _job_running.set()
-    try:
-        if cfg.resume:  # a sweep over runs to continue: each continues in its own folder
-            cfg = resume_config(cfg.resume, [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")])
-        elif sweep and not cfg.trainer.get("overwrite"):  # overwrite: its own folder, the old run moved aside
-            plan = plan_job(job_dir, len(Path(str(hydra_cfg.sweep.subdir)).parts), cfg)
-            folder = plan.folder
-            print(plan.line(job_dir), file=sys.stderr)
-            if plan.action == "skip":
-                return float(plan.summary.get("best_val_acc") or 0.0)
-            if plan.action == "resume":  # an interrupted or preempted job continues from its last.pt
-                cfg = resume_config(folder)
-        summary = train(cfg, run_dir=None if cfg.resume else folder, hydra_cfg=hydra_cfg)
-    except KeyboardInterrupt:  # Ctrl-C before training began
-        remove_stray(job_dir)
-        raise
-    except Exception as error:
-        if sweep and isinstance(error, RunFolderTaken):  # not this job's failure: write nothing there
-            report_error(error, prefix=f"sweep job {job_dir} was not run: ")
-            _refused.append(str(folder))
-            return math.nan
-        if sweep:
-            record_failure(folder, error, cfg, hydra_cfg)
-            return math.nan
-        if not isinstance(error, RunFolderTaken):  # a taken folder is another run's: leave it be
-            remove_stray(job_dir)  # the error came before training: Hydra's folder holds nothing
-        raise  # a UserError: hydra_app carries it to main
-    finally:
-        if folder != job_dir:
-            remove_stray(job_dir)  # Hydra made it, the job ran elsewhere
-        _job_running.clear()
-    if cfg.resume:
-        remove_stray(job_dir)  # the run went on in its own folder
-    raise_if_interrupted(summary)
-    return float(summary.get("best_val_acc") or 0.0)
-
-
-def raise_if_interrupted(summary: dict[str, Any]) -> None:
-    """A run stopped by a signal ends the command (and a sweep) with 128 + the signal's number."""
-    from dnnlab.errors import Interrupted
-
-    if summary["status"] == "interrupted":
-        raise Interrupted(signal.Signals[summary["interrupted_by"]])
-
-
-def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) -> None:
-    """Print a sweep job's error and make sure its folder says `failed` and which job it was (train
-    writes both once training has begun)."""
-    import contextlib
-
-    from omegaconf.errors import OmegaConfBaseException
-
-    from dnnlab.errors import one_line
-    from dnnlab.runs.rundir import RunDir
-
-    report_error(error, prefix=f"sweep job {job_dir} failed: ")
-    run = RunDir(job_dir)
-    if not run.summary_path.exists():
-        run.write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
-    if not run.config_path.exists():
-        with contextlib.suppress(OmegaConfBaseException):  # the error may be an interpolation that does not resolve
-            run.save_config(cfg)
-        run.save_launch(hydra_cfg)
+    return sweep_job.run(cfg, HydraConfig.get())
 
 
 @contextlib.contextmanager
 def sweep_signals() -> Any:
     """While a sweep runs, SIGINT/SIGTERM reach joblib's worker processes too (see `forward_to_workers`)."""
+    from dnnlab.runs.sweep_job import SWEEP_PID_ENV
+
     os.environ[SWEEP_PID_ENV] = str(os.getpid())  # inherited by the launcher's workers: they watch this process
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -277,6 +175,7 @@ def sweep_exit_code() -> int:
     import yaml
 
     from dnnlab.runs.rundir import RunDir
+    from dnnlab.runs.sweep_job import refused
 
     bad = [s for s in SweepReport.outcome if s.get("status") in ("failed", "diverged")]
     for summary in bad:
@@ -288,22 +187,23 @@ def sweep_exit_code() -> int:
     if bad:
         diverged = f", {len(bad) - failed} diverged" if len(bad) > failed else ""
         print(f"dnnlab: {failed} of {len(SweepReport.outcome)} sweep jobs failed{diverged} (listed above).", file=sys.stderr)
-    if _refused:
-        jobs = "1 sweep job was" if len(_refused) == 1 else f"{len(_refused)} sweep jobs were"
-        print(f"dnnlab: {jobs} not run, as its folder was taken (listed above: {', '.join(_refused)}); nothing was "
+    if refused:
+        jobs = "1 sweep job was" if len(refused) == 1 else f"{len(refused)} sweep jobs were"
+        print(f"dnnlab: {jobs} not run, as its folder was taken (listed above: {', '.join(refused)}); nothing was "
               f"written there. Re-run the sweep once the process writing it has ended.", file=sys.stderr)
-    return 1 if failed or _refused else 0
+    return 1 if failed or refused else 0
 
 
 def preflight(args: Any) -> Any:
     """Compose and validate before Hydra makes folders: a bad option, key, value, config file or output folder
     fails here, clearly. Returns the composed config (None when only Hydra's app can read the overrides)."""
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     from dnnlab.config import schema
     from dnnlab.config.overrides import first_job
     from dnnlab.api import compose, resume_override
     from dnnlab.errors import UserError
+    from dnnlab.runs.stacks import check_launcher
 
     overrides = list(args.overrides)
     try:
@@ -321,6 +221,7 @@ def preflight(args: Any) -> Any:
     if not resuming:
         if args.cfg is None:  # --cfg only prints: it makes no folder
             check_output_dir(cfg, args.multirun)
+            check_launcher(OmegaConf.select(cfg, "hydra.launcher"))
         with open_dict(cfg):
             del cfg["hydra"]
     if args.cfg is None:
@@ -379,6 +280,7 @@ def train_main(argv: list[str]) -> int:
     from omegaconf import OmegaConf
 
     from dnnlab.api import compose, resume_override, train
+    from dnnlab.runs.sweep_job import raise_if_interrupted, refused
 
     args = get_args_parser().parse_args(argv)
     if not special_flags(args):
@@ -391,18 +293,11 @@ def train_main(argv: list[str]) -> int:
             raise_if_interrupted(train(cfg))
             return 0
         preflight(args)
-    _refused.clear()
+    refused.clear()
     SweepReport.outcome = []
     with sweep_signals() if args.multirun else contextlib.nullcontext():
         hydra_app(train_task, argv, "dnnlab train")
     return sweep_exit_code() if args.multirun else 0
-
-
-def report_error(error: BaseException, prefix: str = "") -> None:
-    """One paragraph on stderr."""
-    from dnnlab.errors import one_line
-
-    print(f"dnnlab: error: {prefix}{one_line(error)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             print("dnnlab: interrupted.", file=sys.stderr)
         return getattr(stop, "exit_code", 130)
     except Exception as error:
-        from dnnlab.errors import is_user_error, storage_error
+        from dnnlab.errors import is_user_error, report_error, storage_error
 
         if not is_user_error(error):  # a full or read-only disk, wherever it was met, is a paragraph too
             error = storage_error(error) or error

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import errno
 import signal
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -134,3 +135,8 @@ def one_line(error: BaseException) -> str:
     """The error as one line (for summaries and sweep reports)."""
     text = " ".join(str(error).split())
     return text if is_user_error(error) else f"{type(error).__name__}: {text}"
+
+
+def report_error(error: BaseException, prefix: str = "") -> None:
+    """One paragraph on stderr."""
+    print(f"dnnlab: error: {prefix}{one_line(error)}", file=sys.stderr)

@@ -172,16 +172,17 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
-def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every linear/conv layer with its dotted name, in module order (what initializers set and TensorBoard draws)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHTED)]
+def weighted_layers(model: nn.Module, kinds: tuple[type, ...] = WEIGHTED) -> list[tuple[str, nn.Module]]:
+    """Every linear/conv layer (of `kinds`) with its dotted name, in module order (what initializers set and
+    TensorBoard draws)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
 
 
-def weights(model: nn.Module, hidden_only: bool = False) -> list[torch.Tensor]:
+def weights(model: nn.Module, hidden_only: bool = False, kinds: tuple[type, ...] = WEIGHTED) -> list[torch.Tensor]:
     """Weights (not biases, not norm parameters) of every linear/conv layer; `hidden_only`: without the classifier's
-    head (`output`), the rows max-norm caps."""
+    head (`output`), the rows max-norm caps. `kinds`: the weighted layer classes (a stack of models has its own)."""
     head = getattr(model, HEAD, None)
-    return [m.weight for _, m in weighted_layers(model) if not (hidden_only and m is head)]
+    return [m.weight for _, m in weighted_layers(model, kinds) if not (hidden_only and m is head)]
 
 
 def blocks(model: nn.Module) -> dict[str, nn.Module]:

@@ -96,7 +96,7 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple 
     no layer below the output fits, nothing is worth reusing: a ValueError says why. Layers that do
     not fit are named on the terminal (a warning), with the reused ones.
     """
-    from dnnlab.runs.rundir import load_checkpoint
+    from dnnlab.runs.checkpoints import load_checkpoint
     from dnnlab.runs.safe_config import checked
 
     file = checkpoint_file(pretrained)

@@ -16,7 +16,8 @@ from dnnlab.models import mlp
 from dnnlab.observe.diagnostics import DiagnosticsHook
 from dnnlab.optim import implementation_kwargs
 from dnnlab.regularization import EarlyStopping
-from dnnlab.runs.rundir import RunDir, RunFolderHook
+from dnnlab.runs.checkpoints import RunFolderHook
+from dnnlab.runs.rundir import RunDir
 from dnnlab.schedules import build_schedule
 
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dnnlab import data
-from dnnlab.data import DataError, Splits, load_data
+from dnnlab.data import DataError, Splits, download, load_data
 from helpers.fake_data import idx_bytes, write_fake_cifar, write_fake_mnist
 
 CONF = Path(__file__).resolve().parents[1] / "dnnlab" / "conf" / "data"
@@ -308,7 +308,7 @@ def served(tmp_path, monkeypatch):
         fetched.append(url)
         shutil.copyfile(server / url.rsplit("/", 1)[-1], dest)
 
-    monkeypatch.setattr(data, "_fetch_url", fake_fetch)
+    monkeypatch.setattr(download, "_fetch_url", fake_fetch)
     return server, fetched
 
 
@@ -338,7 +338,7 @@ def test_download_failure_is_data_error_and_leaves_nothing(tmp_path, monkeypatch
         dest.write_bytes(b"partial")
         raise OSError("connection reset")
 
-    monkeypatch.setattr(data, "_fetch_url", broken)
+    monkeypatch.setattr(download, "_fetch_url", broken)
     with pytest.raises(DataError, match="connection reset"):
         load_data(make_cfg("fashion_mnist", root=str(tmp_path), download=True))
     assert list((tmp_path / "fashion_mnist").iterdir()) == []

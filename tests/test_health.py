@@ -96,7 +96,7 @@ def test_a_run_whose_weights_do_not_move_is_not_learning(tiny_cfg, tmp_path, stu
     found = next(v for v in summary["health"] if v["verdict"] == "not_learning")
     assert found["epoch"] == 3 and "train_loss" in found["evidence"] and "1%" in found["evidence"]
     # An old run (no chance_acc, no verdicts in its summary) gets it in `dnnlab report` too.
-    from dnnlab.commands.report import load_run
+    from dnnlab.commands.report.folders import load_run
 
     old = {k: v for k, v in summary.items() if k not in ("health", "chance_acc")}
     (tmp_path / "summary.json").write_text(json.dumps(old))

@@ -15,7 +15,8 @@ from dnnlab.cli import main
 from dnnlab.data import Splits
 from dnnlab.models import autoencoder, mlp
 from dnnlab.pretrain import RealVsCorrupted, Reconstruction
-from dnnlab.runs.rundir import RunDir, load_checkpoint
+from dnnlab.runs.checkpoints import load_checkpoint
+from dnnlab.runs.rundir import RunDir
 from helpers.configs import tiny
 
 FAST = tiny("trainer.diagnostics=false", without=["model.depth", "model.width", "trainer.epochs"])  # presets shape the net

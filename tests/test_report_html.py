@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dnnlab.commands import report
 from dnnlab.cli import main as dnnlab
-from dnnlab.commands.report_html import Cell, Image, Items, Paragraph, Row, Section, Table, write_html
+from dnnlab.commands.report.folders import collect
+from dnnlab.commands.report.page import Cell, Image, Items, Paragraph, Row, Section, Table, write_html
+from dnnlab.commands.report.plots import axis_layout, sweep_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("report_bench", ROOT / "bench" / "report_bench.py")
@@ -104,8 +105,8 @@ def test_write_html_is_reusable_for_any_report(tmp_path):
 
 def test_seed_groups_are_drawn_as_mean_and_band(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", jobs=8, seeds=2)
-    runs, _ = report.collect([sweep])
-    _, acc_ax = report.sweep_figure(runs).axes
+    runs, _ = collect([sweep])
+    _, acc_ax = sweep_figure(runs).axes
     assert len(acc_ax.lines) == 4 and len(acc_ax.collections) == 4  # 4 groups: a mean line and a band each
     members = [r for r in runs if r.overrides["optimizer.lr"] == runs[0].overrides["optimizer.lr"]
                and r.overrides["regularization.dropout.rate"] == runs[0].overrides["regularization.dropout.rate"]]
@@ -113,16 +114,16 @@ def test_seed_groups_are_drawn_as_mean_and_band(tmp_path):
     expected = [sum(r.rows[e]["val_acc"] for r in members) / len(members) for e in range(4)]
     assert len(members) == 2 and list(line.get_ydata()) == pytest.approx(expected)
     assert len({tuple(l.get_color()) if not isinstance(l.get_color(), str) else l.get_color() for l in acc_ax.lines}) == 4
-    _, ungrouped = report.sweep_figure(runs, group=False).axes
+    _, ungrouped = sweep_figure(runs, group=False).axes
     assert len(ungrouped.lines) == 8 and not ungrouped.collections
 
 
 def test_axis_layout_maps_categories_to_positions_and_rates_to_log():
-    positions, ticks = report.axis_layout(["sgd", "adam", "sgd", "nadam"])
+    positions, ticks = axis_layout(["sgd", "adam", "sgd", "nadam"])
     assert positions == [1.0, 0.0, 1.0, 0.5] and [t for _, t in ticks] == ["adam", "nadam", "sgd"]
-    positions, ticks = report.axis_layout(["1e-4", "1e-3", "1e-2"])
+    positions, ticks = axis_layout(["1e-4", "1e-3", "1e-2"])
     assert positions == pytest.approx([0, 0.5, 1]) and ticks[0][1] == "0.0001" and ticks[-1][1] == "0.01"
-    assert report.axis_layout([0.1, 0.1])[0] == [0.5, 0.5]
+    assert axis_layout([0.1, 0.1])[0] == [0.5, 0.5]
 
 
 def test_a_seed_only_sweep_has_no_settings_plots(tmp_path):

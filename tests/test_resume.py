@@ -16,7 +16,7 @@ import pytest
 
 from dnnlab.api import compose, train
 from dnnlab.cli import main
-from dnnlab.runs.rundir import load_checkpoint
+from dnnlab.runs.checkpoints import load_checkpoint
 from helpers.configs import QUIET, tiny
 
 SMALL = tiny(*QUIET, without=["trainer.epochs"])
@@ -181,7 +181,8 @@ def test_wall_s_after_a_resume_is_the_total_of_every_process(tmp_path, monkeypat
 def test_hook_state_is_keyed_by_its_declared_name_not_its_class(tiny_cfg, tmp_path):
     """A renamed hook class still finds its state: checkpoints name hooks by `key`."""
     from dnnlab.api import build_trainer
-    from dnnlab.runs.rundir import RunDir, RunFolderHook
+    from dnnlab.runs.checkpoints import RunFolderHook
+    from dnnlab.runs.rundir import RunDir
 
     class Renamed(RunFolderHook):
         pass

@@ -108,8 +108,8 @@ PROBES: dict[str, tuple[str, str, Edit, str]] = {
     "shutil.copyfile in checkpoint, resume": (
         "checkpoint", "resume", task(lambda m: {"_target_": "shutil.copyfile", "src": script(m), "dst": str(m)}), "shutil.copyfile"),
     "os.system behind a dnnlab module": (
-        "folder", "eval", task(lambda m: {"_target_": "dnnlab.data.os.system", "_args_": [" ".join(touch(m))]}),
-        "dnnlab.data.os.system"),
+        "folder", "eval", task(lambda m: {"_target_": "dnnlab.data.download.os.system", "_args_": [" ".join(touch(m))]}),
+        "dnnlab.data.download.os.system"),
     "nested target under an allowed one": (
         "checkpoint", "resume", weight(lambda m: {"_target_": "subprocess.run", "args": touch(m)}), "initializer.weight._target_"),
     "target in a list under an allowed one": (

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dnnlab.cli import main as dnnlab
-from dnnlab.commands.report import read_overrides, same_value
+from dnnlab.commands.report.folders import read_overrides
+from dnnlab.commands.report.optuna import same_value
 from helpers.configs import tiny
 
 optuna = pytest.importorskip("optuna")

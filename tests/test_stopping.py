@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from dnnlab.api import compose, train
-from dnnlab.runs.rundir import RunDir, find_checkpoint, load_checkpoint
+from dnnlab.runs.checkpoints import find_checkpoint, load_checkpoint
+from dnnlab.runs.rundir import RunDir
 from helpers.configs import QUIET, tiny
 
 FAST = tiny(*QUIET, "data.limit=200", "model.depth=1", "model.width=8", without=["trainer.epochs"])
@@ -196,10 +197,12 @@ def events(cwd: Path) -> list[str]:
 
 def loads(run: Path) -> None:
     """What someone opening the killed run does: report reads it, eval scores its checkpoint."""
-    from dnnlab.commands import evaluate, report
+    from dnnlab.commands import evaluate
+    from dnnlab.commands.report.folders import collect
+    from dnnlab.commands.report.tables import build_table
 
-    runs, _ = report.collect([run])
-    assert report.build_table(runs, "best_val_acc")
+    runs, _ = collect([run])
+    assert build_table(runs, "best_val_acc")
     name = "best" if (run / "checkpoints" / "best.pt").exists() else "last"
     assert 0 <= evaluate.evaluate(evaluate.load_run(run, name, device="cpu"))["deterministic"]["acc"] <= 1
 

@@ -10,7 +10,8 @@ import torch
 from dnnlab.api import build_trainer, compose, train
 from dnnlab.errors import UserError
 from dnnlab.engine.hooks import Hook
-from dnnlab.runs.rundir import RunDir, load_checkpoint
+from dnnlab.runs.checkpoints import load_checkpoint
+from dnnlab.runs.rundir import RunDir
 from dnnlab.transfer import Unfreeze
 from helpers.configs import tiny
 

@@ -47,7 +47,8 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "auto", da
     from dnnlab.errors import CheckpointError, RunFolderError
     from dnnlab import transfer
     from dnnlab.pretrain import build_task
-    from dnnlab.runs.rundir import RunDir, load_checkpoint, model_mismatch
+    from dnnlab.runs.checkpoints import load_checkpoint, model_mismatch
+    from dnnlab.runs.rundir import RunDir
 
     path = Path(run).expanduser()
     folder = RunDir(path, create=False)

@@ -9,6 +9,7 @@ from dnnlab.conf import CONF_DIR
 
 CONF = CONF_DIR
 USER_MARK = "(yours) "
+LAUNCHERS = "hydra/launcher"  # dnnlab's launcher options (slurm, stacked), listed with the technique groups
 
 
 def user_configs() -> Path | None:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dnnlab list", description=__doc__)
     parser.add_argument("group", nargs="?", help="one config group (default: all)")
     args = parser.parse_args(argv)
-    valid = groups()
+    valid = [LAUNCHERS if group == "hydra" else group for group in groups()]
     if args.group and args.group not in valid:
         parser.exit(2, f"dnnlab list: no config group {args.group!r}; valid: {', '.join(valid)}\n")
     table = Table(show_header=True, header_style="bold", title="dnnlab config groups (pick one: GROUP=OPTION)")
@@ -61,5 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, text in options(group).items():
             table.add_row(group, name, escape(text))  # descriptions are plain text, not rich markup
         table.add_section()
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if LAUNCHERS in ([args.group] if args.group else valid):
+        from dnnlab.runs.stacks import describe
+
+        console.print(escape(describe()))
     return 0

@@ -245,11 +245,10 @@ def check_arguments(target: Any, kwargs: dict[str, Any], group: str, *args: Any)
 def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str | None = None) -> None:
     """ConfigError for a key a config file (e.g. a --config-dir experiment) adds at the top level or under
     `trainer`, where dnnlab reads only its own keys: a misspelling would otherwise be silently ignored."""
-    from dnnlab.config.catalog import CONF, groups
+    from dnnlab.config.catalog import CONF
 
-    base = OmegaConf.load(CONF / "config.yaml")
     own_groups = [p.name for p in Path(config_dir).expanduser().iterdir() if p.is_dir()] if config_dir else []
-    known = {"": {*map(str, base), *groups(), *own_groups, "hydra"}, "trainer": set(map(str, base.trainer))}
+    known = {"": {*root_keys(), *own_groups, "hydra"}, "trainer": set(map(str, OmegaConf.load(CONF / "config.yaml").trainer))}
     model = model_keys(cfg)
     if model is not None:
         known["model"] = model
@@ -265,6 +264,13 @@ def check_file_keys(cfg: DictConfig, overrides: Sequence[str], config_dir: str |
     if problems:
         raise ConfigError(f"A config file sets a key that nothing reads: {'; '.join(problems)}. "
                           f"Fix the key in your config file (`dnnlab train --cfg job` shows the whole config).")
+
+
+def root_keys() -> set[str]:
+    """The top-level keys dnnlab reads: config.yaml's and one per config group (a user's groups too)."""
+    from dnnlab.config.catalog import CONF, groups
+
+    return {*map(str, OmegaConf.load(CONF / "config.yaml")), *groups()}
 
 
 def model_keys(cfg: DictConfig) -> set[str] | None:

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.data import Splits
-from dnnlab.errors import CheckpointError, ConfigError
+from dnnlab.errors import CheckpointError
 from dnnlab.engine.hooks import Hook
 
 # Config keys that decide what the weights compute and on which data; a checkpoint and its run

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.config import schema
 from dnnlab.errors import CheckpointError, ConfigError, one_line
-from dnnlab.runs.rundir import check_resumable, model_mismatch
+from dnnlab.runs.checkpoints import check_resumable, model_mismatch
 
 if TYPE_CHECKING:
     from dnnlab.engine.trainer import Trainer

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf

@@ -180,7 +180,7 @@ def markdown(result: dict[str, Any], image: str = "study.png", level: str = "#")
 
 def html_sections(result: dict[str, Any], image: Path) -> list[Any]:
     """report.html's sections: the same content as study.md, with tables sortable by their means."""
-    from dnnlab.commands.report_html import Cell, Image, Items, Paragraph, Row, Section, Table
+    from dnnlab.commands.report.page import Cell, Image, Items, Paragraph, Row, Section, Table
 
     header, rows = arm_rows(result)
     arms = [Row([Cell(r[0], r[0]), Cell(r[1], result["arms"][r[0]]["n"]),
@@ -203,7 +203,7 @@ def plot(result: dict[str, Any], runs: dict[str, dict[int, RunMetrics]], path: P
     """Left: each arm's metric per seed with mean and CI. Right: validation accuracy per epoch, mean and min–max band."""
     from matplotlib.figure import Figure
 
-    from dnnlab.commands.report import save
+    from dnnlab.commands.report.plots import save
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -254,7 +254,7 @@ def write(folder: str | Path) -> dict[str, Any]:
     """Write study.json, study.md, report.html and study.png into `folder` and print the tables; returns study.json's content."""
     from dnnlab.observe.console import console
     from dnnlab.commands.evaluate import json_safe
-    from dnnlab.commands.report_html import write_html
+    from dnnlab.commands.report.page import write_html
     from dnnlab.runs.rundir import atomic_write
 
     folder = Path(folder)

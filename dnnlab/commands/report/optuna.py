@@ -4,7 +4,8 @@ parameter importances (optuna.visualization.matplotlib: static PNGs, no plotly n
 The study is loaded from the sweep's storage (`hydra.sweeper.storage`) when one was given, so several
 sweep folders of one study (several machines, one database) report every trial; without storage it
 is rebuilt in memory from the sweep's job folders (each job's params and result). optuna is imported
-only when a reported folder is an Optuna sweep.
+only when a reported folder is an Optuna sweep. `best_trial` reads the best trial the sweeper wrote
+(optimization_results.yaml) without optuna.
 """
 from __future__ import annotations
 
@@ -16,8 +17,35 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.commands.report import Run, job_key, same_value
+from dnnlab.commands.report.folders import Run, job_key
 from dnnlab.runs.rundir import RunDir
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Override values compare as numbers when both are numbers (0.001 == 1e-3), else as text."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def best_trial(path: Path, runs: Sequence[Run]) -> dict[str, Any] | None:
+    """An Optuna sweep's best trial (its optimization_results.yaml) and the run folder that holds it."""
+    results = path / "optimization_results.yaml"
+    if not results.is_file():
+        return None
+    best = OmegaConf.to_container(OmegaConf.load(results))
+    params = best.get("best_params", {})
+    match = next((r for r in runs if params and all(same_value(r.overrides.get(k), v) for k, v in params.items())), None)
+    return {"value": best.get("best_value"), "params": params, "run": str(match.path) if match else None}
+
+
+def best_trial_text(trial: dict[str, Any]) -> str:
+    params = " ".join(f"{k}={v}" for k, v in trial["params"].items())
+    where = f" — run {trial['run']}" if trial["run"] else ""
+    study = f" (trial {trial['number']} of {trial['trials']}, {trial['source']})" if "source" in trial else ""
+    return f"best trial (Optuna): {trial['value']} with {params}{where}{study}"
+
 
 @dataclass
 class Search:
