@@ -386,10 +386,12 @@ def members_that_fit(trainers: list[Trainer], share: float = 0.5) -> int:
     return max(1, min(len(trainers), int(share * free // max(need, 1))))
 
 
-def measure_speedup(trainers: list[Trainer], steps: int = 12) -> float:
+def measure_speedup(trainers: list[Trainer], rounds: int = 5, steps: int = 4, warmup: int = 3) -> float:
     """How much faster the stack steps than its members one after another, timed on throwaway copies.
 
-    The members and the global random state are left as they were.
+    Each way is warmed up (first calls initialise kernels), then timed in alternating rounds, and each keeps its
+    best round: a slow spell of a shared machine then hits neither. The members and the global random state are
+    left as they were.
     """
     with torch.random.fork_rng(devices=[trainers[0].device] if trainers[0].device.type == "cuda" else []):
         copies = [copy.deepcopy(t.model) for t in trainers]
@@ -399,7 +401,8 @@ def measure_speedup(trainers: list[Trainer], steps: int = 12) -> float:
         data, size, device = trainers[0].data, trainers[0].batch_size, trainers[0].device
         n, k = len(data.train_y), len(trainers)
         generator = torch.Generator(device=device).manual_seed(0)
-        idx = torch.randint(0, n, (steps, k, size), device=device, generator=generator)
+        total = warmup + rounds * steps
+        idx = torch.randint(0, n, (total, k, size), device=device, generator=generator)
 
         def stacked_step(i: int) -> None:
             loss = stacked_cross_entropy(stacked(data.train_x[idx[i]]), data.train_y[idx[i]]).sum()
@@ -416,19 +419,23 @@ def measure_speedup(trainers: list[Trainer], steps: int = 12) -> float:
 
         stacked.train()
         copies[0].train()
-        solo_s = timed(solo_step, steps, device) * k
-        stacked_s = timed(stacked_step, steps, device)
+        for i in range(warmup):
+            solo_step(i)
+            stacked_step(i)
+        solo_s = stacked_s = math.inf
+        for r in range(rounds):
+            first = warmup + r * steps
+            solo_s = min(solo_s, timed(solo_step, range(first, first + steps), device) * k)
+            stacked_s = min(stacked_s, timed(stacked_step, range(first, first + steps), device))
     return solo_s / max(stacked_s, 1e-12)
 
 
-def timed(step: Callable[[int], None], steps: int, device: torch.device) -> float:
-    """Seconds per call of `step`, after two warm-up calls."""
+def timed(step: Callable[[int], None], indices: range, device: torch.device) -> float:
+    """Seconds per call of `step` over `indices`."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for i in range(2):
-        step(i)
     sync()
     t0 = time.perf_counter()
-    for i in range(2, steps):
+    for i in indices:
         step(i)
     sync()
-    return (time.perf_counter() - t0) / (steps - 2)
+    return (time.perf_counter() - t0) / len(indices)
