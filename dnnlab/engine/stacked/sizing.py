@@ -1,0 +1,88 @@
+"""How big a stack may be and whether it pays: the members that fit in free memory, and the stack's speed
+against its members one after another, measured on throwaway copies before training."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from dnnlab.engine.stacked.functional import stacked_cross_entropy
+from dnnlab.engine.stacked.model import stack_models
+from dnnlab.engine.stacked.optim import StackedOptimizer
+
+if TYPE_CHECKING:
+    from dnnlab.engine.trainer import Trainer
+
+
+def members_that_fit(trainers: list[Trainer], share: float = 0.5) -> int:
+    """How many of these members a stack may hold: `share` of the device's free memory over one member's need
+    (its parameters, gradients and two optimizer states, and its training and evaluation activations)."""
+    first = trainers[0]
+    params = sum(p.numel() for p in first.model.parameters())
+    widths = sum(m.out_features for m in first.model.modules() if isinstance(m, torch.nn.Linear))
+    batch = max(first.batch_size, first.eval_batch_size)
+    need = 4 * (4 * params + 3 * batch * (widths + first.data.train_x[0].numel()))
+    if first.device.type == "cuda":
+        free = torch.cuda.mem_get_info(first.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, min(len(trainers), int(share * free // max(need, 1))))
+
+
+def measure_speedup(trainers: list[Trainer], rounds: int = 5, steps: int = 4, warmup: int = 3) -> float:
+    """How much faster the stack steps than its members one after another, timed on throwaway copies.
+
+    Each way is warmed up (first calls initialise kernels), then timed in alternating rounds, and each keeps its
+    best round: a slow spell of a shared machine then hits neither. The members and the global random state are
+    left as they were.
+    """
+    with torch.random.fork_rng(devices=[trainers[0].device] if trainers[0].device.type == "cuda" else []):
+        copies = [copy.deepcopy(t.model) for t in trainers]
+        optimizers = [type(t.optimizer)(c.parameters(), **t.optimizer.defaults) for t, c in zip(trainers, copies)]
+        stacked = stack_models(copies)
+        stacked_optimizer = StackedOptimizer.from_members(optimizers, stacked)
+        data, size, device = trainers[0].data, trainers[0].batch_size, trainers[0].device
+        n, k = len(data.train_y), len(trainers)
+        generator = torch.Generator(device=device).manual_seed(0)
+        total = warmup + rounds * steps
+        idx = torch.randint(0, n, (total, k, size), device=device, generator=generator)
+
+        def stacked_step(i: int) -> None:
+            loss = stacked_cross_entropy(stacked(data.train_x[idx[i]]), data.train_y[idx[i]]).sum()
+            stacked_optimizer.zero_grad()
+            loss.backward()
+            stacked_optimizer.step()
+
+        def solo_step(i: int) -> None:
+            model, optimizer, loss_fn = copies[0], optimizers[0], trainers[0].loss_fn
+            loss = loss_fn(model(data.train_x[idx[i, 0]]), data.train_y[idx[i, 0]])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        stacked.train()
+        copies[0].train()
+        for i in range(warmup):
+            solo_step(i)
+            stacked_step(i)
+        solo_s = stacked_s = math.inf
+        for r in range(rounds):
+            first = warmup + r * steps
+            solo_s = min(solo_s, timed(solo_step, range(first, first + steps), device) * k)
+            stacked_s = min(stacked_s, timed(stacked_step, range(first, first + steps), device))
+    return solo_s / max(stacked_s, 1e-12)
+
+
+def timed(step: Callable[[int], None], indices: range, device: torch.device) -> float:
+    """Seconds per call of `step` over `indices`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for i in indices:
+        step(i)
+    sync()
+    return (time.perf_counter() - t0) / len(indices)
