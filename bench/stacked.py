@@ -10,7 +10,9 @@ dnnlab's MLP has one width for all hidden layers, so the issue's 784-300-100-10 
 For each workload, the same K jobs are trained (a) one after another with `dnnlab.api.train`, the
 basic launcher's way, and (b) as one stack with `dnnlab.api.train_stack`, what `hydra/launcher=stacked`
 runs. Training time is the sum of the solo runs' `wall_s` against the stack's (every member of a stack
-records the stack's wall time, so the stack's is their maximum). For the first workload the whole
+records the stack's wall time, so the stack's is their maximum; members trained one after another by the
+stack's fallback record their own, which add up). "With set-up" times both calls whole: composing, building,
+the folders, and the stack's speed probe. For the first workload the whole
 command is timed too: `dnnlab train -m …` with the basic launcher against the stacked one, each in a
 fresh process (start-up, composition, folders, reports included). Model-samples/s: samples each
 member trained, summed over members, per second of training.
@@ -67,18 +69,24 @@ def overrides(w: Workload, job: list[str]) -> list[str]:
     return ["trainer.progress=false", *w.common, *job]
 
 
-def solo_times(w: Workload, folder: Path) -> tuple[float, list[dict]]:
+def solo_times(w: Workload, folder: Path) -> tuple[float, float, list[dict]]:
+    """(sum of the runs' wall_s, seconds for the whole loop including each run's set-up, summaries)."""
+    t0 = time.perf_counter()
     summaries = [train(compose(overrides(w, job)), run_dir=folder / f"solo{k}") for k, job in enumerate(w.jobs)]
-    return sum(s["wall_s"] for s in summaries), summaries
+    return sum(s["wall_s"] for s in summaries), time.perf_counter() - t0, summaries
 
 
-def stacked_time(w: Workload, folder: Path) -> tuple[float, list[dict]]:
+def stacked_time(w: Workload, folder: Path) -> tuple[float, float, list[dict]]:
+    """(the stack's wall_s, seconds for train_stack including set-up and the speed probe, summaries)."""
+    t0 = time.perf_counter()
     members = [StackMember(compose(overrides(w, job)), folder / f"member{k}") for k, job in enumerate(w.jobs)]
     results = train_stack(members)
+    elapsed = time.perf_counter() - t0
     failed = [r for r in results if not isinstance(r, dict)]
     if failed:
         raise RuntimeError(f"{w.name}: {failed[0]}")
-    return max(r["wall_s"] for r in results), results
+    solo = results[0].get("stack", {}).get("trained_solo")
+    return (sum if solo else max)(r["wall_s"] for r in results), elapsed, results
 
 
 def command_time(w: Workload, folder: Path, launcher: str) -> float:
@@ -95,11 +103,12 @@ def command_time(w: Workload, folder: Path, launcher: str) -> float:
 def measure(w: Workload, quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        solo_s, solo = solo_times(w, folder)
-        stack_s, stacked = stacked_time(w, folder)
+        solo_s, solo_all_s, solo = solo_times(w, folder)
+        stack_s, stack_all_s, stacked = stacked_time(w, folder)
         result = {
             "workload": w.name, "members": len(w.jobs), "solo_train_s": solo_s, "stack_train_s": stack_s,
-            "train_speedup": solo_s / stack_s,
+            "train_speedup": solo_s / stack_s, "solo_with_setup_s": solo_all_s, "stack_with_setup_s": stack_all_s,
+            "with_setup_speedup": solo_all_s / stack_all_s,
             "trained_solo": stacked[0].get("stack", {}).get("trained_solo", ""),
             "test_acc_solo": [s["test_acc"] for s in solo], "test_acc_stacked": [s["test_acc"] for s in stacked],
         }
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(w, args.quick)
         results.append(r)
         line = (f"{r['workload']}: training {r['solo_train_s']:.1f} s one after another vs {r['stack_train_s']:.1f} s "
-                f"stacked = {r['train_speedup']:.2f}×")
+                f"stacked = {r['train_speedup']:.2f}×; with set-up (and the speed probe) {r['solo_with_setup_s']:.1f} s vs "
+                f"{r['stack_with_setup_s']:.1f} s = {r['with_setup_speedup']:.2f}×")
         if "command_speedup" in r:
             line += (f"; whole command {r['command_basic_s']:.1f} s basic vs {r['command_stacked_s']:.1f} s stacked "
                      f"= {r['command_speedup']:.2f}×")

@@ -327,11 +327,11 @@ class StackMember:
     hydra_cfg: DictConfig | None = None
 
 
-def train_stack(members: Sequence[StackMember], min_speedup: float = 0.9) -> list[dict[str, Any] | BaseException]:
+def train_stack(members: Sequence[StackMember], min_speedup: float | None = None) -> list[dict[str, Any] | BaseException]:
     """Train `members` as one stacked model (dnnlab.engine.stacked); each one's summary, or the error it failed with.
 
     Each member's folder is claimed, built and recorded exactly as `train` does it, so it is a solo run's
-    folder. Members whose stack cannot be built, or that would train slower than `min_speedup` × one after
+    folder. Members whose stack cannot be built, or whose steps measure less than `min_speedup` × faster than one after
     another, train one after another here, with a line saying why. A signal stops all of them.
     """
     from dnnlab.engine.stacked.trainer import MemberLabel, OnlyMember, StackedTrainer, as_member
@@ -355,7 +355,8 @@ def train_stack(members: Sequence[StackMember], min_speedup: float = 0.9) -> lis
                 except Exception as error:  # this member's mistake (a taken folder, a bad value): the others train
                     results[k] = error
             if trainers:
-                outcomes = StackedTrainer(trainers, min_speedup=min_speedup, progress=members[0].cfg.trainer.progress).fit()
+                speed = {} if min_speedup is None else {"min_speedup": min_speedup}
+                outcomes = StackedTrainer(trainers, **speed, progress=members[0].cfg.trainer.progress).fit()
                 results = [outcomes.get(k, result) for k, result in enumerate(results)]
         console.print(stack_table(results, labels))
         return results

@@ -148,10 +148,11 @@ def check_max_stack(value: Any) -> None:
 
 def check_min_speedup(value: Any) -> None:
     """ConfigError for a `hydra.launcher.min_speedup` that is not a number ≥ 0."""
+    if value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"hydra.launcher.min_speedup={value!r} is not valid: it must be a number ≥ 0 (0.9: a stack "
-                          f"that would train slower than 0.9 × its jobs one after another trains them one after another; "
-                          f"0: always stack).")
+        raise ConfigError(f"hydra.launcher.min_speedup={value!r} is not valid: it must be a number ≥ 0 (the step speed-up a "
+                          f"stack must measure to train stacked; null: 1.15; 0: always stack).")
 
 
 def check_launcher(launcher: Any) -> None:
@@ -159,7 +160,7 @@ def check_launcher(launcher: Any) -> None:
     if launcher is None or "dnnlab_stacked_launcher" not in str(launcher.get("_target_", "")):
         return
     check_max_stack(launcher.get("max_stack"))
-    check_min_speedup(launcher.get("min_speedup", 0.9))
+    check_min_speedup(launcher.get("min_speedup"))
 
 
 def describe() -> str:

@@ -185,7 +185,7 @@ def units(jobs: list[Job], max_stack: int | None) -> list[list[Job]]:
     return sorted(found, key=lambda unit: unit[0].idx)
 
 
-def run_unit(unit: list[Job], min_speedup: float) -> None:
+def run_unit(unit: list[Job], min_speedup: float | None) -> None:
     """Train a unit: a job alone, or a stack; a signal ends the launch once every member is finished."""
     from dnnlab.api import StackMember, train_stack
 

@@ -15,9 +15,9 @@ from omegaconf import DictConfig
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_stack: Optional[int] = None, min_speedup: float = 0.9) -> None:
+    def __init__(self, max_stack: Optional[int] = None, min_speedup: Optional[float] = None) -> None:
         self.max_stack = max_stack  # most jobs per stack; None: no count limit (the stacked loop splits by memory)
-        self.min_speedup = min_speedup  # slower stacked than this × one after another: they train one after another
+        self.min_speedup = min_speedup  # the step speed-up a stack must measure to train stacked; None: dnnlab's default
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None

@@ -25,7 +25,7 @@ import torch
 from dnnlab.engine.stacked.functional import stacked_clip_, stacked_cross_entropy, stacked_l1, stacked_l2, stacked_max_norm_
 from dnnlab.engine.stacked.model import CannotStack, stack_models
 from dnnlab.engine.stacked.optim import StackedOptimizer
-from dnnlab.engine.stacked.sizing import measure_speedup, members_that_fit
+from dnnlab.engine.stacked.sizing import MIN_SPEEDUP, measure_speedup, members_that_fit
 from dnnlab.engine.trainer import Trainer, batches, stop_on_signals
 from dnnlab.errors import one_line
 from dnnlab.regularization import L1, L2, MaxNorm
@@ -87,7 +87,7 @@ class StackedTrainer:
     would train slower stacked than `min_speedup` × one after another, are trained one after another.
     """
 
-    def __init__(self, members: dict[int, Trainer], min_speedup: float = 0.9, progress: bool = False):
+    def __init__(self, members: dict[int, Trainer], min_speedup: float = MIN_SPEEDUP, progress: bool = False):
         self.members, self.min_speedup, self.progress = dict(members), min_speedup, progress
         self.results: dict[int, dict[str, Any] | BaseException] = {}
         self.interrupted: int | None = None
@@ -158,6 +158,7 @@ class StackedTrainer:
     def train_solo(self, live: list[int]) -> None:
         for k in live:
             trainer = self.members[k]
+            trainer.started = time.perf_counter()  # its wall time is its own, not the ones before it
             if self.interrupted is not None:
                 trainer.interrupt(self.interrupted)  # it stops before its first step, resumable
             with as_member(k):
