@@ -189,7 +189,8 @@ def sweep_exit_code() -> int:
         print(f"dnnlab: {failed} of {len(SweepReport.outcome)} sweep jobs failed{diverged} (listed above).", file=sys.stderr)
     if refused:
         jobs = "1 sweep job was" if len(refused) == 1 else f"{len(refused)} sweep jobs were"
-        print(f"dnnlab: {jobs} not run, as its folder was taken (listed above: {', '.join(refused)}); nothing was "
+        whose = "its folder was" if len(refused) == 1 else "their folders were"
+        print(f"dnnlab: {jobs} not run, as {whose} taken (listed above: {', '.join(refused)}); nothing was "
               f"written there. Re-run the sweep once the process writing it has ended.", file=sys.stderr)
     return 1 if failed or refused else 0
 
