@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from bench import machine  # bench/bench.py, beside this script
 from dnnlab.api import StackMember, compose, train, train_stack
 
 
@@ -117,11 +117,6 @@ def measure(w: Workload, quick: bool) -> dict:
             stacked_cmd = command_time(w, folder, "stacked")
             result.update(command_basic_s=basic, command_stacked_s=stacked_cmd, command_speedup=basic / stacked_cmd)
     return result
-
-
-def machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, {device}, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:

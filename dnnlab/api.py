@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 from datetime import datetime
@@ -327,6 +328,20 @@ class StackMember:
     hydra_cfg: DictConfig | None = None
 
 
+# What the members of one stack must share: one data set, batch order size and device for all of them.
+STACK_SHARED = ("data", "trainer.batch_size", "trainer.device")
+
+
+def check_shared(members: Sequence[StackMember]) -> None:
+    """ConfigError when the members differ in a value a stack has only one of (STACK_SHARED)."""
+    for key in STACK_SHARED:
+        values = {json.dumps(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+                  for node in (OmegaConf.select(m.cfg, key) for m in members)}
+        if len(values) > 1:
+            raise ConfigError(f"The members of a stack share one {key}, and these differ ({', '.join(sorted(values))}); "
+                              f"train them in separate stacks (hydra/launcher=stacked separates them by itself).")
+
+
 def train_stack(members: Sequence[StackMember], min_speedup: float | None = None) -> list[dict[str, Any] | BaseException]:
     """Train `members` as one stacked model (dnnlab.engine.stacked); each one's summary, or the error it failed with.
 
@@ -337,8 +352,14 @@ def train_stack(members: Sequence[StackMember], min_speedup: float | None = None
     from dnnlab.engine.stacked.trainer import MemberLabel, OnlyMember, StackedTrainer, as_member
     from dnnlab.observe.console import attach_console, console, stack_table
 
+    from dnnlab.engine.stacked.sizing import MIN_SPEEDUP
+
+    check_shared(members)
+    try:  # one copy for all, on the device: the stack and every member's own evaluation share it
+        raw = load_data(members[0].cfg.data).to(pick_device(members[0].cfg.trainer.device)) if members else None
+    except Exception as error:  # missing data, a bad device: every member's own failure, as in a solo sweep
+        return [error] * len(members)
     results: list[dict[str, Any] | BaseException | None] = [None] * len(members)
-    raw = load_data(members[0].cfg.data) if members else None  # one copy for all: the stack shares its data
     labels = {k: str(m.run_dir) for k, m in enumerate(members)}
     screen = attach_console(log)
     screen.addFilter(MemberLabel(labels))
@@ -355,8 +376,8 @@ def train_stack(members: Sequence[StackMember], min_speedup: float | None = None
                 except Exception as error:  # this member's mistake (a taken folder, a bad value): the others train
                     results[k] = error
             if trainers:
-                speed = {} if min_speedup is None else {"min_speedup": min_speedup}
-                outcomes = StackedTrainer(trainers, **speed, progress=members[0].cfg.trainer.progress).fit()
+                speed = MIN_SPEEDUP if min_speedup is None else min_speedup
+                outcomes = StackedTrainer(trainers, speed, progress=members[0].cfg.trainer.progress).fit()
                 results = [outcomes.get(k, result) for k, result in enumerate(results)]
         console.print(stack_table(results, labels))
         return results

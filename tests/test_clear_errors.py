@@ -147,6 +147,10 @@ CASES = [
          ["trainer.monitor='grad_norm/hidden1' is a per-layer diagnostic", "trainer.diagnostics=true"]),
     case("14-batchnorm-last-batch-of-1", ["train", *FAST, "normalization=batchnorm", "trainer.batch_size=13"],
          ["Batch norm", "batch of 1 sample", "300 = 23 × 13 + 1", "trainer.batch_size=12 or 14"]),
+    case("14-stacked-launcher-key-typo", ["train", "-m", "hydra/launcher=stacked", "hydra.launcher.max_stak=3", "seed=0,1", *FAST],
+         ["hydra.launcher.max_stak is not a config key", "Did you mean hydra.launcher.max_stack?", "max_stack, min_speedup"]),
+    case("14-stacked-launcher-min-speedup", ["train", "-m", "hydra/launcher=stacked", "hydra.launcher.min_speedup=fast", "seed=0,1", *FAST],
+         ["hydra.launcher.min_speedup='fast' is not valid", "number ≥ 0"]),
     # ---- 15: tracebacks where a sentence belongs
     case("15-disk-full-checkpoint", ["train", *FAST, "hydra.run.dir=full"],
          ["Cannot write", "checkpoints/last.pt", "no space left on device", "Free space there"], disk_full_after(2000), writes=True),

@@ -175,3 +175,12 @@ def test_a_stack_too_big_for_memory_trains_in_parts(tmp_path, monkeypatch):
     places = [summary(m)["stack"] for _, m in pairs]
     assert [(p["size"], p["index"]) for p in places] == [(2, 0), (2, 1), (1, 0)]
     assert places[2]["trained_solo"] == "a stack of one" and "trained_solo" not in places[0]
+
+
+def test_members_that_differ_in_what_a_stack_shares_are_refused_before_anything_is_written(tmp_path):
+    from dnnlab.errors import ConfigError
+
+    cfgs = [compose([*SMALL, "trainer.batch_size=32"]), compose([*SMALL, "trainer.batch_size=64"])]
+    with pytest.raises(ConfigError, match="share one trainer.batch_size"):
+        train_stack([StackMember(c, tmp_path / f"m{k}") for k, c in enumerate(cfgs)])
+    assert list(tmp_path.iterdir()) == []

@@ -194,7 +194,7 @@ def unknown_key(full_key: str, overrides: Sequence[str]) -> ConfigError:
             f"regularization.{leaf}.* applies only when {leaf} is in the regularization list; "
             f"add it, e.g. regularization=[{leaf}], then set its keys."
         )
-    cfg = _compose_groups(overrides)
+    cfg = _compose_groups(overrides, with_hydra=full_key.startswith("hydra."))
     node = OmegaConf.select(cfg, parent) if parent else cfg
     keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
     if not parent:
@@ -208,14 +208,15 @@ def unknown_key(full_key: str, overrides: Sequence[str]) -> ConfigError:
     )
 
 
-def _compose_groups(overrides: Sequence[str]) -> DictConfig:
-    """The config with only the group choices of `overrides` applied (so its keys are the valid ones)."""
+def _compose_groups(overrides: Sequence[str], with_hydra: bool = False) -> DictConfig:
+    """The config with only the group choices of `overrides` applied (so its keys are the valid ones);
+    `with_hydra`: Hydra's node too (hydra.launcher.* under the chosen launcher)."""
     from hydra import compose
 
     groups = [line for line in first_job(overrides)
               if "." not in (key := line.split("=", 1)[0].lstrip("+~")) and group_options(key)]
     with hydra_session():
         try:
-            return compose("config", overrides=groups)
+            return compose("config", overrides=groups, return_hydra_config=with_hydra)
         except Exception:  # the group choices are bad too; the defaults still name the common keys
-            return compose("config")
+            return compose("config", return_hydra_config=with_hydra)

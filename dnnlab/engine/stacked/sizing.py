@@ -35,8 +35,18 @@ def members_that_fit(trainers: list[Trainer], share: float = 0.5) -> int:
     if first.device.type == "cuda":
         free = torch.cuda.mem_get_info(first.device)[0]
     else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = available_memory()
     return max(1, min(len(trainers), int(share * free // max(need, 1))))
+
+
+def available_memory() -> int:
+    """Bytes of host memory available to a new allocation: Linux's MemAvailable (free plus reclaimable cache),
+    else the free pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure_speedup(trainers: list[Trainer], rounds: int = 3, steps: int = 3, warmup: int = 2) -> float:
