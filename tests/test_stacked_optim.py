@@ -49,17 +49,15 @@ def test_each_member_trains_as_its_solo_run(case):
     assert_same_state(pair.stacked, pair.models, pair.solo)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_update_is_torch_single_tensor_math_bit_for_bit(case):
+def assert_updates_bit_for_bit(make, steps: int = 4) -> StackedOptimizer:
     """Given the same gradients, every member's parameters after each step equal its torch optimizer's exactly."""
-    make = maker(case)
     models = members(K)
     solo = copy.deepcopy(models)
     solo_opts = [make(i, m) for i, m in enumerate(solo)]
     stacked = stack_models(models)
     opt = StackedOptimizer.from_members([make(i, m) for i, m in enumerate(models)], stacked)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
+    for _ in range(steps):
         opt.zero_grad()
         stacked.flat_grad.copy_(torch.randn(stacked.flat_grad.shape, generator=gen))
         opt.step()
@@ -71,6 +69,46 @@ def test_update_is_torch_single_tensor_math_bit_for_bit(case):
     for mine, ref in zip(models, solo):
         for a, b in zip(mine.parameters(), ref.parameters()):
             assert torch.equal(a, b)
+    return opt
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_update_is_torch_single_tensor_math_bit_for_bit(case):
+    assert not assert_updates_bit_for_bit(maker(case)).kernel
+
+
+FUSED = [case for case, (cls, _) in CASES.items() if cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW,
+                                                              torch.optim.Adagrad)]
+
+
+@pytest.mark.parametrize("case", FUSED)
+def test_fused_members_step_with_torchs_fused_kernel_bit_for_bit(case):
+    """Members built fused=True (dnnlab's implementation=auto) step with torch's fused kernel, grouped by hyper-parameters."""
+    assert assert_updates_bit_for_bit(maker(case, fused=True)).kernel
+
+
+@pytest.mark.parametrize("case", ["adam", "momentum"])
+def test_fused_seed_stack_is_one_call_and_lr_stack_one_per_member(case):
+    cls, kwargs = CASES[case]
+    models = members(K)
+    same = StackedOptimizer.from_members([cls(m.parameters(), **kwargs[0], fused=True) for m in models], stack_models(models))
+    models = members(K)
+    mixed = StackedOptimizer.from_members([cls(m.parameters(), **kwargs[i], fused=True) for i, m in enumerate(models)],
+                                          stack_models(models))
+    assert same.kernel and [g for g, _ in same.member_groups()] == [list(range(K))]
+    assert [g for g, _ in mixed.member_groups()] == [[k] for k in range(K)]
+
+
+def test_fused_members_resumed_at_other_steps_are_stepped_apart():
+    """Members whose optimizers have taken different numbers of steps get their own bias corrections."""
+    models = members(K)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-3, fused=True) for m in models]
+    for k, (m, o) in enumerate(zip(models, opts)):
+        for _ in range(k):
+            m(dataset()[0][:4]).sum().backward()
+            o.step()
+    stacked = StackedOptimizer.from_members(opts, stack_models(models))
+    assert [g for g, _ in stacked.member_groups()] == [[k] for k in range(K)]
 
 
 @pytest.mark.parametrize("flags", [dict(foreach=True), dict(fused=True)])

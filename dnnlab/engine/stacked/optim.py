@@ -5,8 +5,10 @@ the whole (K, P) buffer of every member's parameters at once: per-member hyper-p
 (K, 1) tensors, so a step is a handful of kernels whatever K is. Scalars torch computes in Python
 (1 - β, bias corrections) are computed the same way in double on the host, rounded to the
 parameter dtype as torch's kernels round a Python scalar, and sent in one copy (at `refresh` for
-the hyper-parameters, at each step for the step-dependent ones). `write_back` / `read_from`
-convert the stacked state to and from each member's own optimizer, in torch's format.
+the hyper-parameters, at each step for the step-dependent ones). Members built with torch's fused
+kernel step with it: one call for each set of members with equal hyper-parameters and step counts (a
+seed sweep: one call for the whole buffer), on their rows of the buffer, and no per-step upload.
+`write_back` / `read_from` convert the stacked state to and from each member's own optimizer, in torch's format.
 """
 from __future__ import annotations
 
@@ -67,13 +69,19 @@ class StackedOptimizer:
         self.host = np.zeros((len(rule.hypers), model.members))  # (hyper-parameters, K) doubles
         self.scratch: list[torch.Tensor] = []
         self.const: dict[str, torch.Tensor] = {}
+        self.read_once = False  # `refresh` has read the members' hyper-parameters
+        self.kernel = self.fused and rule.has_fused  # step with torch's fused kernel (`rule.fused`)
+        self.groups: list[tuple[list[int], dict[str, float]]] | None = None  # members a fused call steps together
+        self.row_views: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self.sync_steps()
 
     @classmethod
     def from_members(cls, optimizers: Sequence[torch.optim.Optimizer], model: StackedModel) -> StackedOptimizer:
         """The stacked optimizer of K members' optimizers (one class, one param group each) over `model`."""
         model.check_count(optimizers)
         groups = [only_group(o, model) for o in optimizers]
-        stacked = cls(model, rule_for(optimizers, groups), groups[0])
+        fused = all(g.get("fused") for g in groups)  # torch's fused kernel only if every member uses it
+        stacked = cls(model, rule_for(optimizers, groups), {**groups[0], "fused": fused})
         stacked.read_from(optimizers)
         return stacked
 
@@ -85,10 +93,12 @@ class StackedOptimizer:
     def refresh(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
         """Re-read every member's current hyper-parameters (its schedule changed them); nothing is sent when none changed."""
         host = np.array([self.rule.read(o.param_groups[0]) for o in optimizers], dtype=np.float64).T.reshape(self.host.shape)
-        if self.const and np.array_equal(host, self.host):
+        if self.read_once and np.array_equal(host, self.host):
             return
-        self.host = host
-        self.const = self.upload(self.rule.constants(self.hypers()))
+        self.host, self.read_once = host, True
+        constants = self.rule.constants(self.hypers())  # also sets the rule's host flags
+        self.const = {} if self.kernel else self.upload(constants)
+        self.regroup()
 
     def upload(self, values: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Host (K,) doubles → (K, 1) tensors of the parameters' dtype and device, in one copy."""
@@ -107,8 +117,49 @@ class StackedOptimizer:
         """One update of every member, as its own torch optimizer's `step()` would do it."""
         self.model.attach_grads()
         self.steps += 1
+        if self.kernel:
+            if self.rule.counts_steps:
+                self.step_tensor.add_(1)  # torch's fused step reads the incremented count
+            for members, h in self.member_groups():
+                self.rule.fused(self, members, h)
+            return
         c = {**self.const, **self.upload(self.rule.per_step(self.hypers(), self.steps))}
         self.rule.update(self, self.model.flat, self.model.flat_grad, c)
+
+    # ------------------------------------------------------------------ the fused kernels' arguments
+    def member_groups(self) -> list[tuple[list[int], dict[str, float]]]:
+        """Members with equal hyper-parameters, step counts and rule state, each set with its hyper-parameters."""
+        if self.groups is None:
+            found: dict[tuple, list[int]] = {}
+            for k in range(self.model.members):
+                key = (*self.host[:, k].tolist(), float(self.steps[k]), *self.rule.group_key(k))
+                found.setdefault(key, []).append(k)
+            self.groups = [(members, dict(zip(self.rule.hypers, self.host[:, members[0]].tolist())))
+                           for members in found.values()]
+        return self.groups
+
+    def regroup(self) -> None:
+        self.groups = None
+
+    def rows(self, t: torch.Tensor, members: list[int]) -> list[torch.Tensor]:
+        """The (K, P) tensor `t` as a fused kernel's tensor list for `members`: itself for the whole stack, else their rows."""
+        if len(members) == self.model.members:
+            return [t]
+        cached = self.row_views.get(id(t))
+        if cached is None or cached[0] is not t:
+            cached = self.row_views[id(t)] = (t, t.unbind(0))
+        return [cached[1][k] for k in members]
+
+    def step_rows(self, members: list[int]) -> list[torch.Tensor]:
+        """The step counts that go with `rows(…, members)`: one per tensor (the members of a call have equal counts)."""
+        return [self.step_views[members[0]]] if len(members) == self.model.members else [self.step_views[k] for k in members]
+
+    def sync_steps(self) -> None:
+        """The members' step counts as the float32 device tensors torch's fused kernels read and increment."""
+        flat = self.model.flat
+        self.step_tensor = torch.tensor(self.steps, dtype=torch.float32, device=flat.device)
+        self.step_views = self.step_tensor.unbind(0)
+        self.regroup()
 
     def tensor(self, name: str) -> torch.Tensor:
         """The (K, P) state tensor `name`, created at the rule's initial value the first time."""
@@ -170,6 +221,7 @@ class StackedOptimizer:
                         columns.copy_(state[key].reshape(-1))
                     else:
                         columns.fill_(self.rule.initial.get(key, 0.0))
+        self.sync_steps()
 
     def keep(self, indices: Sequence[int]) -> None:
         """Shrink to the members at `indices` (with StackedModel.keep of the same indices)."""
@@ -179,4 +231,7 @@ class StackedOptimizer:
         self.scratch = []
         self.steps, self.host = self.steps[indices], self.host[:, indices]
         self.rule.keep(indices)
-        self.const = self.upload(self.rule.constants(self.hypers()))
+        constants = self.rule.constants(self.hypers())
+        self.const = {} if self.kernel else self.upload(constants)
+        self.row_views = {}
+        self.sync_steps()

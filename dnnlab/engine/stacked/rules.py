@@ -5,7 +5,9 @@ Python (host doubles, `constants` when the hyper-parameters change and `per_step
 count does), and updates whole stacked tensors with (K, 1) scalars where torch passes a Python
 number. Where torch writes `x.op_(y, value=s)` the rule writes `x.op_(y * s)`: the same products
 in the same order. A member whose value disables a branch in torch (weight_decay=0, momentum=0)
-gets the value that makes the branch an exact no-op.
+gets the value that makes the branch an exact no-op. When the members' optimizers are fused (dnnlab's
+`optimizer.implementation=auto` on CPU and CUDA), the rules that torch has a fused kernel for (SGD, Adam,
+AdamW, Adagrad) step with that kernel instead (`fused`): bit for bit the members' own updates.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class Rule:
     lazy: ClassVar[bool] = True  # torch creates a parameter's state at its first step (Adagrad: at construction)
     counts_steps: ClassVar[bool] = True  # the state has a "step" tensor
     initial: ClassVar[dict[str, float]] = {}  # a state tensor's value before any step (default 0)
+    has_fused: ClassVar[bool] = False  # torch has a fused kernel for it: members built `fused=True` step with it (`fused`)
 
     def __init__(self, settings: dict[str, bool], members: int):
         self.settings, self.members = settings, members
@@ -53,6 +56,14 @@ class Rule:
 
     def update(self, opt: StackedOptimizer, p: torch.Tensor, grad: torch.Tensor, c: Consts) -> None:
         raise NotImplementedError
+
+    def fused(self, opt: StackedOptimizer, members: list[int], h: dict[str, float]) -> None:
+        """Step `members` (equal hyper-parameters `h`, steps and `group_key`) with torch's fused kernel, on their rows."""
+        raise NotImplementedError
+
+    def group_key(self, k: int) -> tuple:
+        """Member k's host state that the fused kernel takes as one argument for all the tensors of a call."""
+        return ()
 
     def state_keys(self, k: int, h: dict[str, float]) -> list[str]:
         """The state tensors member k's torch optimizer holds per parameter once it has stepped (`h`: its hyper-parameters)."""
@@ -86,6 +97,7 @@ class SGD(Rule):
     hypers = ("lr", "momentum", "dampening", "weight_decay")
     flags = ("nesterov",)
     counts_steps = False
+    has_fused = True
 
     def __init__(self, settings: dict[str, bool], members: int):
         super().__init__(settings, members)
@@ -116,6 +128,21 @@ class SGD(Rule):
             g = torch.addcmul(g, buf, c["momentum"], out=opt.tmp(1)) if self.settings["nesterov"] else buf
         p.addcmul_(g, c["neg_lr"])
 
+    def fused(self, opt: StackedOptimizer, members: list[int], h: dict[str, float]) -> None:
+        # torch's _fused_sgd: no buffer at momentum 0; the first step copies the gradient into the buffer
+        moving = h["momentum"] != 0
+        first = moving and bool(self.fresh[members[0]])
+        torch._fused_sgd_(opt.rows(opt.model.flat, members), opt.rows(opt.model.flat_grad, members),
+                          opt.rows(opt.tensor("momentum_buffer"), members) if moving else [],
+                          weight_decay=h["weight_decay"], momentum=h["momentum"], lr=h["lr"], dampening=h["dampening"],
+                          nesterov=self.settings["nesterov"], maximize=False, is_first_step=first)
+        if first:
+            self.fresh[members] = False
+            opt.regroup()
+
+    def group_key(self, k: int) -> tuple:
+        return (bool(self.fresh[k]),)
+
     def state_keys(self, k: int, h: dict[str, float]) -> list[str]:
         return ["momentum_buffer"] if h["momentum"] != 0 and not self.fresh[k] else []
 
@@ -135,6 +162,7 @@ class Adam(Rule):
     torch_classes = (torch.optim.Adam, torch.optim.AdamW)
     hypers = ("lr", "beta1", "beta2", "eps", "weight_decay")
     flags = ("amsgrad", "decoupled_weight_decay")
+    has_fused = True
 
     def constants(self, h: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {**super().constants(h), **moments(h), "eps": h["eps"], "decay": 1 - h["lr"] * h["weight_decay"]}
@@ -149,6 +177,15 @@ class Adam(Rule):
             exp_avg_sq = torch.maximum(opt.tensor("max_exp_avg_sq"), exp_avg_sq, out=opt.tensor("max_exp_avg_sq"))
         denom = torch.sqrt(exp_avg_sq, out=opt.tmp(1)).div_(c["bias_correction2_sqrt"]).add_(c["eps"])
         p.addcdiv_(torch.mul(exp_avg, c["neg_step_size"], out=opt.tmp(2)), denom)
+
+    def fused(self, opt: StackedOptimizer, members: list[int], h: dict[str, float]) -> None:
+        kernel = torch._fused_adamw_ if self.settings["decoupled_weight_decay"] else torch._fused_adam_
+        amsgrad = self.settings["amsgrad"]
+        kernel(opt.rows(opt.model.flat, members), opt.rows(opt.model.flat_grad, members),
+               opt.rows(opt.tensor("exp_avg"), members), opt.rows(opt.tensor("exp_avg_sq"), members),
+               opt.rows(opt.tensor("max_exp_avg_sq"), members) if amsgrad else [], opt.step_rows(members),
+               lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], weight_decay=h["weight_decay"], eps=h["eps"],
+               amsgrad=amsgrad, maximize=False)
 
     def state_keys(self, k: int, h: dict[str, float]) -> list[str]:
         return self.all_state_keys()
@@ -252,6 +289,7 @@ class Adagrad(Rule):
     torch_classes = (torch.optim.Adagrad,)
     hypers = ("lr", "lr_decay", "weight_decay", "eps")
     lazy = False
+    has_fused = True
 
     def constants(self, h: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {**super().constants(h), "eps": h["eps"]}
@@ -264,6 +302,11 @@ class Adagrad(Rule):
         state_sum = opt.tensor("sum").addcmul_(g, g)
         std = torch.sqrt(state_sum, out=opt.tmp(1)).add_(c["eps"])
         p.addcdiv_(torch.mul(g, c["neg_clr"], out=opt.tmp(2)), std)
+
+    def fused(self, opt: StackedOptimizer, members: list[int], h: dict[str, float]) -> None:
+        torch._fused_adagrad_(opt.rows(opt.model.flat, members), opt.rows(opt.model.flat_grad, members),
+                              opt.rows(opt.tensor("sum"), members), opt.step_rows(members), lr=h["lr"],
+                              lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"], maximize=False)
 
     def state_keys(self, k: int, h: dict[str, float]) -> list[str]:
         return ["sum"]
