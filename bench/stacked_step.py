@@ -23,7 +23,7 @@ from dnnlab.engine.stacked.model import stack_models
 from dnnlab.engine.stacked.optim import StackedOptimizer
 from dnnlab.models import mlp
 
-WORKLOADS = [  # (name, input features, depth, width, classes, batch, optimizer)
+WORKLOADS = [  # (name, input features, hidden widths, classes, batch, optimizer)
     ("64-100-100-100-10 Adam", 64, [100, 100, 100], 10, 32, "adam"),
     ("64-100-100-100-10 SGD+momentum", 64, [100, 100, 100], 10, 32, "momentum"),
     ("784-300-100-10 Adam", 784, [300, 100], 10, 128, "adam"),
@@ -31,14 +31,9 @@ WORKLOADS = [  # (name, input features, depth, width, classes, batch, optimizer)
 
 
 def member(features: int, widths: list[int], classes: int, seed: int) -> nn.Sequential:
-    """An MLP with hidden widths `widths` (dnnlab.models.mlp's blocks; mlp itself has one width)."""
+    """dnnlab.models.mlp with hidden widths `widths` (ReLU, PyTorch's default initialization), seeded."""
     torch.manual_seed(seed)
-    model = mlp((features,), classes, nn.ReLU, depth=len(widths), width=widths[0])
-    for i, width in enumerate(widths, start=1):  # resize blocks to the given widths
-        fan_in = features if i == 1 else widths[i - 2]
-        model._modules[f"hidden{i}"].linear = nn.Linear(fan_in, width)
-    model.output = nn.Linear(widths[-1], classes)
-    return model
+    return mlp((features,), classes, nn.ReLU, depth=len(widths), width=widths)
 
 
 def optimizer(kind: str, params, k: int) -> torch.optim.Optimizer:

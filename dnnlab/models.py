@@ -13,16 +13,17 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from dnnlab.config.choices import NORM_POSITIONS, require
+from dnnlab.config.choices import NORM_POSITIONS, is_width_list, require, widths_problem
 from dnnlab.errors import ConfigError
 
 Factory = Callable[..., nn.Module]
+Widths = Union[int, Sequence[int]]  # model.width: one width for every hidden layer, or one per layer
 
 # Block names (they are checkpoint keys: old runs load by them).
 HIDDEN = "hidden"  # dense hidden blocks hidden1…, also the autoencoder's encoder
@@ -62,19 +63,32 @@ def _keeps_bias(norm: Factory | None, position: str) -> bool:
 BUILT_ARGS = ("input_shape", "n_classes", "activation", "norm", "norm_position", "dropout")
 
 
+def layer_widths(depth: int, width: Widths) -> list[int]:
+    """The width of each of the `depth` hidden layers, input side first: `width` for all, or its list (one per layer)."""
+    if not is_width_list(width):
+        return [int(width)] * depth
+    problem = widths_problem(depth, width)
+    if problem:
+        raise ConfigError(problem + ".")
+    return [int(w) for w in width]
+
+
 def mlp(
     input_shape: tuple[int, ...],
     n_classes: int,
     activation: Factory,
     depth: int = 3,
-    width: int = 100,
+    width: Widths = 100,
     norm: Factory | None = None,
     norm_position: str = "none",
     dropout: Factory | None = None,
 ) -> nn.Sequential:
-    """`depth` hidden layers of `width` units; with norm before the activation the layer has no bias."""
-    layers = [("flatten", nn.Flatten()), *_dense_stack(math.prod(input_shape), depth, width, activation, norm, norm_position, dropout)]
-    layers.append((HEAD, nn.Linear(width if depth else math.prod(input_shape), n_classes)))
+    """`depth` hidden layers of `width` units (or one width per layer: `width=[300, 100]`), then the output layer;
+    with norm before the activation the layers have no bias."""
+    widths = layer_widths(depth, width)
+    fan_in = math.prod(input_shape)
+    layers = [("flatten", nn.Flatten()), *_dense_stack(fan_in, widths, activation, norm, norm_position, dropout)]
+    layers.append((HEAD, nn.Linear(widths[-1] if widths else fan_in, n_classes)))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -83,17 +97,16 @@ mlp.dense_sequential = True  # SELU's self-normalization holds for it (see self_
 
 def _dense_stack(
     fan_in: int,
-    depth: int,
-    width: int,
+    widths: list[int],
     activation: Factory,
     norm: Factory | None,
     norm_position: str,
     dropout: Factory | None,
 ) -> list[tuple[str, nn.Module]]:
-    """`depth` dense blocks `hidden1…`, `fan_in` → `width` → … → `width`."""
+    """One dense block per width, `hidden1…`: `fan_in` → widths[0] → … → widths[-1]."""
     bias = _keeps_bias(norm, norm_position)
     layers = []
-    for i in range(1, depth + 1):
+    for i, width in enumerate(widths, start=1):
         linear = nn.Linear(fan_in, width, bias=bias)
         layers.append((f"{HIDDEN}{i}", _block(linear, width, activation, norm, norm_position, dropout)))
         fan_in = width
@@ -105,7 +118,7 @@ def autoencoder(
     n_classes: int,
     activation: Factory,
     depth: int = 2,
-    width: int = 32,
+    width: Widths = 32,
     norm: Factory | None = None,
     norm_position: str = "none",
     dropout: Factory | None = None,
@@ -113,17 +126,20 @@ def autoencoder(
     """Stacked autoencoder: encoder `hidden1…hidden{depth}` (the MLP's blocks), mirrored decoder `decode{depth}…decode1`.
 
     The output is the reconstruction of the flattened input (`n_classes` is ignored). `decode{k}`
-    maps block k's codings back to block k-1's (`decode1`, a plain linear layer, to the input), so
-    each encoder/decoder pair is also a shallow autoencoder for greedy layer-wise training.
+    maps block k's codings back to block k-1's width (`decode1`, a plain linear layer, to the input),
+    so each encoder/decoder pair is also a shallow autoencoder for greedy layer-wise training; with
+    `width=[300, 100]` the net is n → 300 → 100 → 300 → n.
     """
     n_features = math.prod(input_shape)
     if depth < 1:
         raise ConfigError(f"model=autoencoder needs model.depth >= 1 encoder layers; got model.depth={depth}")
-    layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, depth, width, activation, norm, norm_position, dropout)]
+    widths = layer_widths(depth, width)
+    layers = [("flatten", nn.Flatten()), *_dense_stack(n_features, widths, activation, norm, norm_position, dropout)]
     bias = _keeps_bias(norm, norm_position)
     for k in range(depth, 1, -1):  # decoder blocks have no dropout: they reconstruct clean codings
-        layers.append((f"{DECODER}{k}", _block(nn.Linear(width, width, bias=bias), width, activation, norm, norm_position, None)))
-    layers.append((f"{DECODER}1", nn.Linear(width, n_features)))
+        linear = nn.Linear(widths[k - 1], widths[k - 2], bias=bias)  # block k's width back to block k-1's
+        layers.append((f"{DECODER}{k}", _block(linear, widths[k - 2], activation, norm, norm_position, None)))
+    layers.append((f"{DECODER}1", nn.Linear(widths[0], n_features)))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -142,6 +158,10 @@ def cnn(
     dropout: Factory | None = None,
 ) -> nn.Sequential:
     """`depth` blocks of 3×3 conv + 2×2 max-pool (channels width·2^i), a dense layer, the output."""
+    if is_width_list(width):
+        raise ConfigError(f"model=cnn takes one model.width, the first block's channels (doubled in each block after "
+                          f"it); got model.width={list(width)}. A list of widths, one per hidden layer, is for model=mlp "
+                          f"and model=autoencoder; give model=cnn an integer, e.g. model.width=32.")
     if len(input_shape) != 3:
         raise ConfigError(
             f"model=cnn needs image data shaped (channels, height, width); this data set's samples "

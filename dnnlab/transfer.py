@@ -115,7 +115,7 @@ def load_pretrained(model: nn.Module, pretrained: str | Path, own_labels: tuple 
         raise ConfigError(
             f"model.pretrained={pretrained}: no layer below the output fits this model by name and shape, so "
             f"there is nothing to reuse ({'; '.join(f'{k}: {v}' for k, v in misfits.items())}). "
-            f"Use the same model type with the same model.width (and input size) for the layers to reuse"
+            f"Use the same model type with the same model.width (each layer's, for a list) and input size for the layers to reuse"
         )
     model.load_state_dict(matched, strict=False)
     say = log.warning if set(misfits.values()) - {NEW_HEAD} else log.info  # a misfit is news; a new head is the plan

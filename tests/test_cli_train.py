@@ -36,6 +36,24 @@ def test_two_by_two_sweep_makes_four_run_folders(tmp_path):
     assert seen == {("sgd", "none"), ("sgd", "1cycle"), ("adam", "none"), ("adam", "1cycle")}
 
 
+def test_a_sweep_over_width_lists_trains_each_net_and_records_its_list(tmp_path):
+    """`model.width=[16,8],[12,6]`: Hydra's list values, one hidden width per layer, each job its own net."""
+    from omegaconf import OmegaConf
+
+    from dnnlab.runs.checkpoints import load_checkpoint
+
+    jobs = tiny("data.limit=200", "model.depth=2", "model.width=[16,8],[12,6]")
+    result = dnnlab("train", "-m", *jobs, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for job, widths in (("0", [16, 8]), ("1", [12, 6])):
+        folder = tmp_path / "sweep" / job
+        assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
+        assert OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml").model.width) == widths
+        weights = load_checkpoint(folder / "checkpoints" / "last.pt")["model"]
+        assert tuple(weights["hidden2.linear.weight"].shape) == (widths[1], widths[0])
+        assert tuple(weights["output.weight"].shape) == (10, widths[1])
+
+
 def test_help_and_cfg_job_work(tmp_path):
     result = dnnlab("train", "--help", cwd=tmp_path)
     assert result.returncode == 0 and "optimizer: " in result.stdout and "nadam" in result.stdout

@@ -4,6 +4,8 @@ from torch import nn
 
 from dnnlab.api import build_model, compose
 from dnnlab.data import load_data
+from dnnlab.errors import ConfigError
+from dnnlab.models import mlp
 
 
 def model_for(*overrides: str) -> nn.Sequential:
@@ -16,6 +18,39 @@ def test_mlp_shape_and_names():
     assert [n for n, _ in model.named_children()] == ["flatten", "hidden1", "hidden2", "hidden3", "output"]
     assert model(torch.randn(5, 1, 8, 8)).shape == (5, 10)
     assert model.hidden1.linear.in_features == 64 and model.hidden3.linear.out_features == 8
+
+
+def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    return {name: tuple(m.weight.shape) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def test_mlp_takes_one_width_per_hidden_layer():
+    model = model_for("model.depth=2", "model.width=[32,16]")
+    assert [n for n, _ in model.named_children()] == ["flatten", "hidden1", "hidden2", "output"]
+    assert linear_shapes(model) == {"hidden1.linear": (32, 64), "hidden2.linear": (16, 32), "output": (10, 16)}
+    assert model(torch.randn(5, 1, 8, 8)).shape == (5, 10)
+    norms = model_for("model.depth=2", "model.width=[32,16]", "normalization=batchnorm")
+    assert (norms.hidden1.norm.num_features, norms.hidden2.norm.num_features) == (32, 16)
+
+
+def test_a_width_list_must_give_every_hidden_layer_one():
+    with pytest.raises(ConfigError) as error:
+        mlp((64,), 10, nn.ReLU, depth=3, width=[300, 100])
+    assert str(error.value) == ("model.width=[300, 100] lists 2 hidden layers but model.depth=3; set model.depth=2 "
+                                "(or give one width for every layer).")
+
+
+def test_autoencoder_decoder_mirrors_the_width_list():
+    ae = model_for("model=autoencoder", "model.depth=2", "model.width=[32,16]", "normalization=batchnorm")
+    assert linear_shapes(ae) == {"hidden1.linear": (32, 64), "hidden2.linear": (16, 32),
+                                 "decode2.linear": (32, 16), "decode1": (64, 32)}
+    assert ae.decode2.norm.num_features == 32
+    assert ae(torch.randn(3, 1, 8, 8)).shape == (3, 64)
+
+
+def test_cnn_refuses_a_width_list():
+    with pytest.raises(ConfigError, match=r"model=cnn takes one model.width.*got model.width=\[8, 4\].*model.width=32"):
+        model_for("model=cnn", "model.depth=2", "model.width=[8,4]")
 
 
 def test_batchnorm_before_activation_drops_the_bias():

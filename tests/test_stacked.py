@@ -60,6 +60,15 @@ def test_member_is_its_solo_run(tmp_path, jobs):
         assert_faithful(solo, member)
 
 
+def test_members_with_one_width_per_layer_train_as_one_stack(tmp_path):
+    """train_stack of two 64-16-8-10 members: one stack of 2, each member its solo run."""
+    jobs = [["model.width=[16,8]", f"seed={k}"] for k in (0, 1)]
+    for solo, member in solo_and_stacked(tmp_path, jobs):
+        assert_faithful(solo, member)
+        assert summary(member)["stack"]["size"] == 2
+        assert "width:\n  - 16\n  - 8\n" in (member / ".hydra" / "config.yaml").read_text()
+
+
 def test_member_folder_is_a_solo_folder(tmp_path):
     (solo, member), _ = solo_and_stacked(tmp_path, [["seed=0"], ["seed=1"]])
     s = summary(member)

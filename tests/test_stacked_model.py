@@ -16,7 +16,7 @@ from torch import nn
 import dnnlab.conf
 from dnnlab.engine.stacked.layers import StackedDropout
 from dnnlab.engine.stacked.model import CannotStack, stack_models
-from dnnlab.models import cnn
+from dnnlab.models import cnn, mlp
 from dnnlab.models import weights as solo_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:grad and param do not obey the gradient layout contract")
@@ -210,6 +210,26 @@ def test_cannot_stack_different_architectures_or_settings():
         m.hidden1.norm.momentum = None
     with pytest.raises(CannotStack, match="momentum=None"):
         stack_models(cumulative)
+
+
+def width_list_members(widths: list[int], k: int = 2) -> list[nn.Sequential]:
+    """K dnnlab MLPs with one hidden width per layer, member i built after manual_seed(i)."""
+    models = []
+    for i in range(k):
+        torch.manual_seed(i)
+        models.append(mlp((FEATURES,), CLASSES, nn.ReLU, depth=len(widths), width=widths))
+    return models
+
+
+def test_members_with_one_width_per_layer_stack_and_train_as_solo():
+    pair = run_both(width_list_members([16, 8]), adam)
+    assert tuple(pair.stacked.hidden2.linear.weight.shape) == (2, 8, 16)
+    assert_same_state(pair.stacked, pair.models, pair.solo)
+
+
+def test_members_with_different_width_lists_do_not_stack():
+    with pytest.raises(CannotStack, match="hidden2.linear: the members' parameter shapes differ"):
+        stack_models([*width_list_members([16, 8], 1), *width_list_members([16, 4], 1)])
 
 
 def test_cannot_stack_activation_settings_without_a_per_member_form():

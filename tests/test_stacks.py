@@ -52,6 +52,14 @@ def test_any_other_difference_separates_stacks(base, after):
     assert partition([base, compose([*TINY, *after])]) == [[0], [1]]
 
 
+def test_width_lists_stack_when_equal_and_separate_stacks_when_not():
+    def job(*overrides: str):
+        return compose([*TINY, "model.depth=2", *overrides])
+
+    cfgs = [job("model.width=[16,8]"), job("model.width=[12,6]"), job("model.width=[16,8]", "seed=1"), job("model.width=16")]
+    assert partition(cfgs) == [[0, 2], [1], [3]]
+
+
 def test_an_optimizer_flag_separates_stacks():
     assert partition([compose([*TINY, "optimizer=momentum"]), compose([*TINY, "optimizer=nesterov"])]) == [[0], [1]]
 

@@ -101,6 +101,13 @@ def test_every_study_pairs_two_seeds(name, tmp_path):
     assert all(len(seeds) == 2 for seeds in result["status"].values())
 
 
+def test_a_width_list_reads_as_one_value_in_the_report(tmp_path):
+    folder = tmp_path / "s"
+    widths = tiny("model.depth=2", "model.width=[8,4]", without=["trainer.progress"])
+    assert main(["dropout", *widths, "study.seeds=1", f"hydra.sweep.dir={folder}"]) in (0, 1)
+    assert "- model: architecture mlp 2×[8,4];" in (folder / "study.md").read_text()
+
+
 def test_rerun_skips_finished_runs_and_rereports(tmp_path, capsys):
     folder = tmp_path / "s"
     first = run_quick("dropout", folder, "study.seeds=2")

@@ -115,6 +115,16 @@ def test_hparams_summary_reads_back_from_the_event_file(tiny_cfg, tmp_path):
     assert finals["final/best_val_acc"] == pytest.approx(summary["best_val_acc"])
 
 
+def test_a_width_list_is_one_text_value_in_hparams(tiny_cfg, tmp_path):
+    """HParams values are scalars: model.width=[16,8] becomes the text '[16, 8]', in the values and the event file."""
+    cfg = tiny_cfg("model.width=[16,8]", "logger=tensorboard")
+    assert hparams(cfg, {}, ["model.width=[16,8]"])["model.width"] == "[16, 8]"
+    pytest.importorskip("tensorboard")
+    train(cfg, run_dir=tmp_path)
+    values, _, _ = read_hparams(tmp_path / "tensorboard")
+    assert values["model.width"] == "[16, 8]" and values["model.depth"] == 2
+
+
 @pytest.mark.slow
 def test_a_sweep_shows_its_swept_keys_and_option_names_in_hparams(tmp_path):
     """What `tensorboard --logdir multirun/DIR` reads: one run per job, the swept keys as columns."""

@@ -6,6 +6,7 @@ Torch-free, so validating a config imports no torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Iterable
 
 from dnnlab.errors import ConfigError
@@ -32,6 +33,26 @@ def words(options: Iterable[str] | dict[str, str]) -> str:
     """'a, b or c' (each with its meaning in parentheses, for a dict)."""
     items = [f"{k} ({v})" for k, v in options.items()] if isinstance(options, dict) else list(options)
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def is_width_list(width: Any) -> bool:
+    """Whether `model.width` gives one width per hidden layer (a list) rather than one for all (an int)."""
+    return isinstance(width, Sequence) and not isinstance(width, str)
+
+
+def widths_problem(depth: Any, width: Any) -> str | None:
+    """What is wrong with a `model.width` list (one width per hidden layer) for `model.depth`, or None.
+
+    An int width (every layer that wide) and a non-integer depth (its own rule names it) pass here; `width` may be
+    an OmegaConf ListConfig (what `instantiate` passes), a Sequence but not a list.
+    """
+    if not is_width_list(width) or isinstance(depth, bool) or not isinstance(depth, int):
+        return None
+    if len(width) == depth:
+        return None
+    layers = f"{len(width)} hidden layer{'' if len(width) == 1 else 's'}"
+    return (f"model.width={list(width)} lists {layers} but model.depth={depth}; set model.depth={len(width)} "
+            f"(or give one width for every layer)")
 
 
 def require(key: str, value: Any, options: Iterable[str] | dict[str, str]) -> None:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.config.choices import (
     ACTIVATION_FAMILIES, COMPILE_MODES, DEVICE_VALID, IMPLEMENTATIONS, INTERVALS, MONITOR_MODES, NORM_POSITIONS,
-    PRECISIONS, SCALINGS, is_device,
+    PRECISIONS, SCALINGS, is_device, widths_problem,
 )
 from dnnlab.config.overrides import group_options, parse_overrides, sweep_values, unknown_options
 from dnnlab.errors import ConfigError, did_you_mean
@@ -82,6 +82,12 @@ def list_of(rule: Rule, length: int | None = None, example: str = "") -> Rule:
     return Rule(check, f"{count}values, each {rule.valid}" + (f", e.g. {example}" if example else ""))
 
 
+def one_or_list(rule: Rule, example: str) -> Rule:
+    """One value passing `rule`, or a non-empty list of them (one per layer, say)."""
+    items = list_of(rule)
+    return Rule(lambda v: rule.check(v) or (items.check(v) and len(v) > 0), f"{rule.valid}, or a list of them, e.g. {example}")
+
+
 def increasing(rule: Rule, example: str) -> Rule:
     """A list of values, each passing `rule`, in strictly increasing order."""
     items = list_of(rule)
@@ -124,7 +130,8 @@ RULES: dict[str, Rule] = {
     "normalization.position": choice(*NORM_POSITIONS),
     "data.scaling": optional(choice(*SCALINGS)),
     "model.depth": integer(1),
-    "model.width": integer(1),
+    # one width for every hidden layer, or one per layer, input side first (its length is model.depth: widths_problem)
+    "model.width": one_or_list(integer(1), "[300,100] (one width per hidden layer)"),
     "model.dense": integer(1),
     "initializer.weight.std": POSITIVE,
     "normalization.layer.momentum": number(0, 1),
@@ -221,6 +228,9 @@ def validate(cfg: DictConfig) -> None:
         problems += [f"{key}={flat[key]!r} is a per-layer diagnostic, which trainer.diagnostics=false does not log: "
                      f"set trainer.diagnostics=true or watch one of {', '.join(EPOCH_METRICS)}"
                      for key in MONITORS if "/" in str(flat.get(key, ""))]
+    model = plain.get("model") if isinstance(plain.get("model"), dict) else {}
+    if problem("model.width", model.get("width")) is None:  # a width that breaks its own rule is named once, above
+        problems += [p for p in (widths_problem(model.get("depth"), model.get("width")),) if p]
     problems += [p for p in (classes_problem(plain),) if p]
     if problems:
         raise ConfigError(_join(problems))
@@ -292,18 +302,26 @@ def model_keys(cfg: DictConfig) -> set[str] | None:
 
 
 def check_sweep(overrides: Sequence[str]) -> None:
-    """Every value of every sweep: group options exist, values pass their rules (before any job starts)."""
+    """Every value of every sweep: group options exist, values pass their rules, and model.width lists fit the
+    model.depth values given with them (before any job starts)."""
     problems = []
+    given: dict[str, list[Any]] = {}  # key → the values the overrides give it (one, or a sweep's)
     for override in parse_overrides(overrides):
         values = sweep_values(override)
+        key = override.key_or_group
+        if values is None and not override.is_delete():
+            given[key] = [override.value()]
         if not values:
             continue
-        key = override.key_or_group
+        given[key] = values
         options = group_options(key)
         for value in values:
             if options:
                 problems.extend(unknown_options(key, value, options))
             elif (p := problem(key, value)) is not None:
                 problems.append(p)
+    if not problems:  # a depth the overrides leave to the config is checked with the composed job (validate)
+        pairs = [(d, w) for w in given.get("model.width", []) for d in given.get("model.depth", [])]
+        problems = list(dict.fromkeys(p for d, w in pairs if (p := widths_problem(d, w))))
     if problems:
         raise ConfigError(_join(problems))

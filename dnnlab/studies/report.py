@@ -81,6 +81,11 @@ def common(runs: dict[str, dict[int, RunMetrics]], value: Callable[[RunMetrics],
     return "per arm: " + ", ".join(f"{arm}: {'/'.join(values)}" for arm, values in per_arm.items())
 
 
+def widths(width: Any) -> str:
+    """model.width as the report shows it: `100`, or a per-layer list `[300,100]` (no spaces: it reads as one value)."""
+    return "[" + ",".join(map(str, width)) + "]" if OmegaConf.is_list(width) or isinstance(width, list) else str(width)
+
+
 def describe_setup(cfg: Any, study: Study, runs: dict[str, dict[int, RunMetrics]]) -> dict[str, str]:
     """The data, model and budget the numbers were measured on (what the arms vary is named per arm)."""
     def data(m: RunMetrics) -> str:
@@ -92,7 +97,7 @@ def describe_setup(cfg: Any, study: Study, runs: dict[str, dict[int, RunMetrics]
 
     def shape(m: RunMetrics) -> str:
         model = m.cfg.model
-        return str(model._target_).rsplit(".", 1)[-1] + (f" {model.depth}×{model.width}" if "depth" in model else "")
+        return str(model._target_).rsplit(".", 1)[-1] + (f" {model.depth}×{widths(model.width)}" if "depth" in model else "")
 
     def choice(group: str) -> Callable[[RunMetrics], str]:
         return lambda m: str(m.choices.get(group))
