@@ -157,3 +157,20 @@ def test_a_local_file_that_is_not_the_published_one_warns(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 4 and all("is not the published file (MD5" in w for w in warned)
     assert str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz") in " ".join(warned)
+
+
+def test_the_fingerprint_of_a_loaded_data_set_is_hashed_once(monkeypatch):
+    """The members of a stack share one loaded data set: hashing it once is enough; other data is hashed anew."""
+    from dnnlab.data import Splits
+    from dnnlab.runs import record
+
+    def splits(offset: float) -> Splits:
+        x, y = torch.arange(12.0).view(6, 2) + offset, torch.arange(6) % 2
+        return Splits(x, y, x, y, x, y, n_classes=2, input_shape=(2,), name="toy")
+
+    data, hashed = splits(0.0), []
+    real = record.hashlib.sha256
+    monkeypatch.setattr(record.hashlib, "sha256", lambda: hashed.append(1) or real())
+    first = record.fingerprint(data)
+    assert record.fingerprint(data) == first and len(hashed) == 3  # one digest per split, once
+    assert record.fingerprint(splits(1.0)) != first and len(hashed) == 6

@@ -69,6 +69,33 @@ def test_members_with_one_width_per_layer_train_as_one_stack(tmp_path):
         assert "width:\n  - 16\n  - 8\n" in (member / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("job", [["normalization=batchnorm"], ["activation=tanh"], ["regularization=[dropout]"]],
+                         ids=["batchnorm", "tanh-saturation", "dropout"])
+def test_the_stack_measures_every_members_diagnostics_in_one_pass(tmp_path, monkeypatch, job):
+    """The stacked probe gives each member what its own DiagnosticsHook would measure on its written-back model."""
+    from dnnlab.observe.diagnostics import DiagnosticsHook
+
+    checked = []
+    solo_epoch_end = DiagnosticsHook.on_epoch_end
+
+    def checking(self, trainer, metrics):
+        assert self.given is not None, "a member of the stack was not measured by the stacked probe"
+        own = self.measure(trainer.model, trainer.loss_fn)
+        assert set(own) == set(self.given[0])
+        for key, value in own.items():
+            assert self.given[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        checked.append(key)
+        solo_epoch_end(self, trainer, metrics)
+
+    monkeypatch.setattr(DiagnosticsHook, "on_epoch_end", checking)
+    cfgs = [compose([*SMALL, *job, f"seed={k}"]) for k in range(3)]
+    results = train_stack([StackMember(cfg, tmp_path / f"m{k}") for k, cfg in enumerate(cfgs)], min_speedup=0)
+    assert all(r["status"] == "completed" and r["diag_s"] > 0 for r in results)
+    assert len(checked) == 3 * 3  # every member, every epoch
+    if job == ["activation=tanh"]:
+        assert "sat_frac/hidden1" in rows(tmp_path / "m0")[0]
+
+
 def test_member_folder_is_a_solo_folder(tmp_path):
     (solo, member), _ = solo_and_stacked(tmp_path, [["seed=0"], ["seed=1"]])
     s = summary(member)

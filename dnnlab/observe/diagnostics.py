@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -62,21 +62,30 @@ def combined_norm(norms: list[float]) -> float:
     return math.sqrt(sum(n * n for n in norms))
 
 
-def unit_dims(a: torch.Tensor) -> list[int]:
-    """Dimensions of (N, C, …) activations that a unit (feature or channel) reduces over."""
-    return [d for d in range(a.dim()) if d != 1]
+def unit_dims(a: torch.Tensor, lead: int = 0) -> list[int]:
+    """Dimensions of (N, C, …) activations that a unit (feature or channel) reduces over; `lead` leading member
+    dimensions (a stack's (K, N, C, …)) are kept too."""
+    return [d for d in range(lead, a.dim()) if d != lead + 1]
 
 
-def dead_fraction(a: torch.Tensor) -> torch.Tensor:
+def dead_fraction(a: torch.Tensor, lead: int = 0) -> torch.Tensor:
     """Fraction of units whose output is 0 for every sample (and position)."""
-    return (a.abs().amax(dim=unit_dims(a)) == 0).float().mean()
+    return (a.abs().amax(dim=unit_dims(a, lead)) == 0).float().mean(-1)
 
 
-def saturated_fraction(a: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def saturated_fraction(a: torch.Tensor, low: float, high: float, lead: int = 0) -> torch.Tensor:
     """Fraction of units within SAT_BAND of the range from a bound on most samples."""
     band = SAT_BAND * (high - low)
     near = (a <= low + band) | (a >= high - band)
-    return (near.float().mean(dim=unit_dims(a)) > SAT_MAJORITY).float().mean()
+    return (near.float().mean(dim=unit_dims(a, lead)) > SAT_MAJORITY).float().mean(-1)
+
+
+def spread(a: torch.Tensor, lead: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of every value, per leading member index."""
+    if not lead:
+        return a.mean(), a.std()
+    values = a.flatten(lead)
+    return values.mean(-1), values.std(-1)
 
 
 class DiagnosticsHook(Hook):
@@ -91,6 +100,7 @@ class DiagnosticsHook(Hook):
             raise ConfigError(f"diagnostics probe_size={probe_size} is not valid; it must be a positive integer")
         self.family, self.probe_size, self.seed = family, probe_size, seed
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.given: tuple[dict[str, float], float] | None = None  # see `give`
         self.seconds = 0.0  # spent in the probe, over the whole run (resumes included)
 
     def on_fit_start(self, trainer) -> None:
@@ -107,11 +117,17 @@ class DiagnosticsHook(Hook):
         }
 
     def on_epoch_end(self, trainer, metrics: dict[str, Any]) -> None:
+        given, self.given = self.given, None
         if trainer.status == "diverged":
             return  # the weights may hold NaN/inf: statistics of them would mislead the verdicts
         t0 = time.perf_counter()
-        metrics.update(self.measure(trainer.model, trainer.loss_fn))
-        self.seconds += time.perf_counter() - t0
+        stats, seconds = given or (self.measure(trainer.model, trainer.loss_fn), None)
+        metrics.update(stats)
+        self.seconds += time.perf_counter() - t0 if seconds is None else seconds
+
+    def give(self, stats: dict[str, float], seconds: float) -> None:
+        """This epoch's statistics, measured by someone else (a stack measures all its members in one probe pass)."""
+        self.given = (stats, seconds)
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
         summary["diag_s"] = self.seconds
@@ -125,15 +141,30 @@ class DiagnosticsHook(Hook):
     def measure(self, model: nn.Module, loss_fn: nn.Module) -> dict[str, float]:
         """Probe forward + backward in eval mode; every statistic, read with one host sync."""
         weights_of = {name: weights(block) for name, block in self.blocks.items()}
+        trainable = [w for ws in weights_of.values() for w in ws if w.requires_grad]  # frozen layers have no gradient
+        acts, grads = probe_pass(model, self.blocks, self.probe, loss_fn, trainable)
+        return self.statistics(weights_of, trainable, grads, acts)[0]
+
+    def statistics(self, weights_of: dict[str, list[torch.Tensor]], trainable: list[torch.Tensor],
+                   grads: tuple[torch.Tensor | None, ...], acts: dict[str, torch.Tensor], lead: int = 0) -> list[dict[str, float]]:
+        """The metrics of each block's weights (`weights_of`), their gradients and activations, read with one host sync.
+
+        `lead` = 1: stacked tensors (a member dimension first), one dict per member; else a list of one dict.
+        """
         flat = [w for ws in weights_of.values() for w in ws]
-        trainable = [w for w in flat if w.requires_grad]  # frozen layers have no gradient to report
-        acts, grads = self.probe_pass(model, loss_fn, trainable)
         with torch.no_grad():
-            zero = torch.zeros((), device=self.probe[0].device)
-            act_stats = {k: v for name, a in acts.items() for k, v in self.activation_stats(name, a).items()}
-            norms = [torch.linalg.vector_norm(w) for w in flat]
-            norms += [zero if g is None else torch.linalg.vector_norm(g) for g in grads]
-            values = torch.stack([*norms, *act_stats.values()]).tolist()
+            norm = (lambda t: torch.linalg.vector_norm(t.flatten(1), dim=1)) if lead else torch.linalg.vector_norm
+            zero = torch.zeros(flat[0].shape[:lead], device=flat[0].device)
+            act_stats = {k: v for name, a in acts.items() for k, v in self.activation_stats(name, a, lead).items()}
+            norms = [norm(w) for w in flat] + [zero if g is None else norm(g) for g in grads]
+            table = torch.stack([*norms, *act_stats.values()]).tolist()
+        return [self.assemble(weights_of, flat, trainable, act_stats, values) for values in (zip(*table) if lead else [table])]
+
+    @staticmethod
+    def assemble(weights_of: dict[str, list[torch.Tensor]], flat: list[torch.Tensor], trainable: list[torch.Tensor],
+                 act_stats: dict[str, Any], values: Sequence[float]) -> dict[str, float]:
+        """The metrics row entries from `values`: weight norms (of `flat`), gradient norms (of `trainable`), activations."""
+        values = list(values)
         weight_norm = dict(zip(map(id, flat), values))
         grad_norm = dict(zip(map(id, trainable), values[len(flat):]))
         stats = {}
@@ -144,38 +175,41 @@ class DiagnosticsHook(Hook):
         stats.update(zip(act_stats, values[len(flat) + len(trainable):]))
         return stats
 
-    def probe_pass(
-        self, model: nn.Module, loss_fn: nn.Module, weights: list[torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
-        """Each block's activation output on the probe, and the loss gradient w.r.t. `weights`."""
-        x, y = self.probe
-        acts: dict[str, torch.Tensor] = {}
-        handles = [
-            block.act.register_forward_hook(lambda _m, _i, out, name=name: acts.__setitem__(name, out.detach()))
-            for name, block in self.blocks.items() if hasattr(block, "act")
-        ]
-        was_training = model.training  # the trainer's evaluate() normally left it in eval mode already
-        if was_training:
-            model.eval()
-        try:
-            with torch.enable_grad():
-                loss = loss_fn(model(x), y)
-                grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else ()
-        finally:
-            if was_training:
-                model.train()
-            for handle in handles:
-                handle.remove()
-        return acts, grads
-
-    def activation_stats(self, name: str, a: torch.Tensor) -> dict[str, torch.Tensor]:
+    def activation_stats(self, name: str, a: torch.Tensor, lead: int = 0) -> dict[str, torch.Tensor]:
+        """The statistics of block `name`'s activations `a` (with `lead` leading member dimensions: one value per member)."""
         a = a.float()
-        stats = {f"act_mean/{name}": a.mean(), f"act_std/{name}": a.std()}
+        mean, std = spread(a, lead)
+        stats = {f"act_mean/{name}": mean, f"act_std/{name}": std}
         if self.family == "relu":
-            stats[f"dead_frac/{name}"] = dead_fraction(a)
+            stats[f"dead_frac/{name}"] = dead_fraction(a, lead)
         elif name in self.bounds:
-            stats[f"sat_frac/{name}"] = saturated_fraction(a, *self.bounds[name])
+            stats[f"sat_frac/{name}"] = saturated_fraction(a, *self.bounds[name], lead=lead)
         return stats
+
+
+def probe_pass(model: nn.Module, blocks_of: dict[str, nn.Module], probe: tuple[torch.Tensor, torch.Tensor],
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weights: list[torch.Tensor],
+               ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
+    """Each block's activation output on the probe (x, y), and the gradient of the loss w.r.t. `weights`, in eval mode."""
+    x, y = probe
+    acts: dict[str, torch.Tensor] = {}
+    handles = [
+        block.act.register_forward_hook(lambda _m, _i, out, name=name: acts.__setitem__(name, out.detach()))
+        for name, block in blocks_of.items() if hasattr(block, "act")
+    ]
+    was_training = model.training  # the trainer's evaluate() normally left it in eval mode already
+    if was_training:
+        model.eval()
+    try:
+        with torch.enable_grad():
+            loss = loss_fn(model(x), y)
+            grads = torch.autograd.grad(loss, weights, allow_unused=True) if weights else ()
+    finally:
+        if was_training:
+            model.train()
+        for handle in handles:
+            handle.remove()
+    return acts, grads
 
 
 def observer_hooks(run: RunDir, diagnostics: bool, activation_family: str, seed: int) -> list[Hook]:

@@ -10,6 +10,7 @@ that changed since, is refused instead of giving silently wrong numbers.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,11 @@ def run_config(folder_config: Path | None, state: dict[str, Any], checkpoint: Pa
 
 
 def fingerprint(data: Splits) -> dict[str, str]:
-    """SHA-256 of each split's inputs and labels (their bytes, shapes and dtypes)."""
+    """SHA-256 of each split's inputs and labels (their bytes, shapes and dtypes); once per loaded data set (the
+    members of a stack share one, and hashing 60k MNIST images takes a tenth of a second)."""
+    known = _FINGERPRINTS.get(id(data))
+    if known is not None and known[0]() is data:
+        return dict(known[1])
     found = {}
     for split in SPLITS:
         digest = hashlib.sha256()
@@ -82,7 +87,12 @@ def fingerprint(data: Splits) -> dict[str, str]:
             digest.update(f"{array.dtype}{array.shape}".encode())
             digest.update(memoryview(array).cast("B"))
         found[split] = digest.hexdigest()
-    return found
+    _FINGERPRINTS[id(data)] = (weakref.ref(data, lambda _, key=id(data): _FINGERPRINTS.pop(key, None)), found)
+    return dict(found)
+
+
+# id(data) → (a weak reference to it, its fingerprint): loaded splits are never changed in place
+_FINGERPRINTS: dict[int, tuple[weakref.ref, dict[str, str]]] = {}
 
 
 def data_record(data: Splits) -> dict[str, Any]:

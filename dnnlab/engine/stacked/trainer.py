@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from dnnlab.engine.stacked.diagnostics import StackedDiagnostics
 from dnnlab.engine.stacked.functional import stacked_clip_, stacked_cross_entropy, stacked_l1, stacked_l2, stacked_max_norm_
 from dnnlab.engine.stacked.model import CannotStack, stack_models
 from dnnlab.engine.stacked.optim import StackedOptimizer
@@ -214,6 +215,7 @@ class StackedTrainer:
             columns.append(self.nonfinite.float())
         rows = torch.stack(columns, 1).tolist()  # the one host-device sync of the epoch
         epoch_s = time.perf_counter() - t0
+        self.measure_diagnostics()
         self.model.write_back([t.model for t in trainers])  # the members' own objects now hold the stack's state
         self.optimizer.write_back([t.optimizer for t in trainers])
         for k, trainer, step, lr, row in zip(live, trainers, boundary, lrs, rows):
@@ -222,6 +224,16 @@ class StackedTrainer:
             if k not in self.results and not self.running(k):
                 self.conclude(k)
         return self.shrink(live)
+
+    def measure_diagnostics(self) -> None:
+        """Every member's per-layer diagnostics in one stacked probe pass (their hooks take them at end_epoch)."""
+        if self.diagnostics is None:
+            return
+        try:
+            self.diagnostics.measure()
+        except Exception as error:  # each member's hook then measures its own member, as in a solo run
+            log.warning("dnnlab: the stacked diagnostics probe failed (%s); each run measures its own", one_line(error))
+            self.diagnostics = None
 
     def stop_by_signal(self, live: list[int], partial_epoch: bool) -> list[int]:
         """Every member of `live` ends `interrupted` at the last epoch boundary (its last.pt); none is left training."""
@@ -318,6 +330,7 @@ class StackedTrainer:
                             for form, strength in self.forms(trainers, "constraints", CONSTRAINTS)]
         self.nonfinite = torch.zeros(len(trainers), dtype=torch.long, device=self.device) if self.penalties else None
         self.clip = self.clipping(trainers)
+        self.diagnostics = StackedDiagnostics.for_stack(self.model, trainers)
 
     def forms(self, trainers: list[Trainer], attribute: str, table: dict[type, tuple[Any, str]]) -> list[tuple[Any, torch.Tensor]]:
         """(stacked function, per-member strengths) for each of the members' penalties or constraints."""
