@@ -266,6 +266,7 @@ def opened_run(cfg: DictConfig, run_dir: str | Path | None = None, hydra_cfg: Di
     if checkpoint is None:
         run.check_free(overwrite)  # before the lock: a refusal writes nothing
     with run.lock():
+        run.background = True  # checkpoints go to disk while training goes on; the lock's end waits for them
         moved = None
         if checkpoint is None and run.holds_run():  # trainer.overwrite=true (or a run that appeared since the check)
             run.check_free(overwrite)

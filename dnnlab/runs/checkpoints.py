@@ -5,6 +5,7 @@ RunDir (dnnlab.runs.rundir) names every path and writes every file; this module 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -15,6 +16,7 @@ from dnnlab.config.choices import MONITOR_MODES, require
 from dnnlab.engine.hooks import Hook
 from dnnlab.errors import CheckpointError, ConfigError, RunFolderError
 from dnnlab.runs.rundir import RESUME_KEYS, RunDir, _torch
+from dnnlab.runs.writer import WRITER
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +26,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """Load a checkpoint without executing code from it (weights_only unpickling); CheckpointError if unusable."""
     import pickle
 
+    WRITER.wait()  # a checkpoint this process is still writing
     try:
         state = _torch().load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -84,6 +87,7 @@ JOB_LAST = str(RunDir("*", create=False).checkpoint_path("last"))
 
 def find_checkpoint(resume: str | os.PathLike) -> Path:
     """`resume=` names a run folder (→ its newest checkpoint, last.pt) or a checkpoint file; returns an absolute path."""
+    WRITER.wait()
     path = Path(resume).expanduser().absolute()
     if path.is_file():
         return path
@@ -176,6 +180,10 @@ class RunFolderHook(Hook):
         self.run.copy_checkpoint("best", "last")
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
+        # The summary speaks of the checkpoints: they must be on disk. One that could not be written fails the
+        # run (its trainer then ends it `failed` and comes back here), unless the run failed already of another error.
+        with contextlib.suppress(Exception) if trainer.status == "failed" else contextlib.nullcontext():
+            self.run.finish_writes()
         rows = self.run.read_metrics()
         best_row = next((r for r in rows if r["epoch"] == self.best_epoch), None)
         if best_row is not None:

@@ -7,6 +7,7 @@ and checking checkpoints, and the hook that writes them each epoch, are in dnnla
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.errors import RunFolderError, RunFolderTaken, writing
+from dnnlab.runs.writer import WRITER
 
 
 def _torch():
@@ -99,6 +101,8 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike, create: bool = True):
         self.path = Path(path)
+        # Checkpoints go to disk on the background writer (dnnlab.runs.writer): a training run's folder, under its lock.
+        self.background = False
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -254,17 +258,33 @@ class RunDir:
             atomic_write(path, lambda f: f.write(text), mode="w")
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        """Write checkpoint `name` holding `state` as it is now (on the background writer when `background`)."""
+        path = self.checkpoint_path(name)
+        if not self.background:
+            self.write_checkpoint(path, lambda f: _torch().save(state, f))
+            return
+        buffer = io.BytesIO()
+        _torch().save(state, buffer)  # the state of now; the disk's turn comes later
+        WRITER.submit(self.path, lambda: self.write_checkpoint(path, lambda f: f.write(buffer.getbuffer())))
+
+    def write_checkpoint(self, path: Path, write: Callable[[Any], None]) -> None:
         keeps = (f"A checkpoint is replaced only once whole, so {self.path} keeps the last complete one, if any: "
                  f"free space, then continue with dnnlab train resume={self.path}.")
-        with writing(self.checkpoint_path(name), after=keeps):
-            atomic_write(self.checkpoint_path(name), lambda f: _torch().save(state, f))
+        with writing(path, after=keeps):
+            atomic_write(path, write)
 
     def copy_checkpoint(self, source: str, target: str) -> None:
         """Make `target` hold what `source` holds now, atomically: a hard link, no second serialization.
 
         Checkpoints are only ever replaced by rename, never rewritten in place, so the link keeps
-        today's contents when `source` is replaced later.
+        today's contents when `source` is replaced later. With `background`, after the writes asked for before.
         """
+        if self.background:
+            WRITER.submit(self.path, lambda: self.link_checkpoint(source, target))
+        else:
+            self.link_checkpoint(source, target)
+
+    def link_checkpoint(self, source: str, target: str) -> None:
         src, dst = self.checkpoint_path(source), self.checkpoint_path(target)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link{TEMP_SUFFIX}")
         tmp.unlink(missing_ok=True)
@@ -275,6 +295,11 @@ class RunDir:
             return
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
+
+    def finish_writes(self) -> None:
+        """Wait until this folder's checkpoints are on disk; raise the StorageError of one that could not be written."""
+        WRITER.wait()
+        WRITER.check(self.path)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -302,6 +327,10 @@ class RunDir:
             self.remove_temp_files()
             yield
         finally:
+            WRITER.wait()  # another process gets the folder with every checkpoint asked for on disk
+            unreported = WRITER.failed.pop(self.path, None)
+            if unreported is not None:  # the run ended (with another error) before it could be told
+                logging.getLogger("dnnlab").error("%s", unreported)
             lock.release()
 
     def remove_temp_files(self) -> None:
