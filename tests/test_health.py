@@ -115,6 +115,13 @@ def test_an_infinite_penalty_is_diagnosed_though_train_loss_is_finite(tiny_cfg, 
     assert healthy["health"] == [] and RunDir(tmp_path / "healthy").read_metrics()[0]["optimized_loss_nonfinite_steps"] == 0
 
 
+def test_a_diverged_run_with_a_penalty_ends_diverged(tiny_cfg, tmp_path):
+    """Its rows hold null train_loss (NaN) beside the counted non-finite steps: the verdict is divergence."""
+    summary = train(tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "regularization=[l2]"), run_dir=tmp_path)
+    assert summary["status"] == "diverged"
+    assert names(summary["health"]) == ["divergence"]
+
+
 def test_not_learning_needs_three_flat_epochs_or_chance_accuracy():
     flat = [2.3, 2.29, 2.295]
     found = verdicts(rows([2.3] * 3, flat, val_acc=0.9))

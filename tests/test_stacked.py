@@ -54,6 +54,7 @@ def assert_faithful(solo: Path, member: Path) -> None:
     pytest.param([["regularization=[l2,max_norm]", f"regularization.l2.weight={w}", f"regularization.max_norm.r={r}"]
                   for w, r in ((1e-4, 1.0), (1e-3, 2.0))], id="l2-max-norm"),
     pytest.param([["schedule=1cycle", f"optimizer.lr={lr}"] for lr in (1e-3, 3e-3)], id="1cycle"),
+    pytest.param([["optimizer=adamw", f"optimizer.weight_decay={wd}"] for wd in (0.01, 0.1)], id="adamw"),
 ])
 def test_member_is_its_solo_run(tmp_path, jobs):
     for solo, member in solo_and_stacked(tmp_path, jobs):
@@ -94,6 +95,19 @@ def test_the_stack_measures_every_members_diagnostics_in_one_pass(tmp_path, monk
     assert len(checked) == 3 * 3  # every member, every epoch
     if job == ["activation=tanh"]:
         assert "sat_frac/hidden1" in rows(tmp_path / "m0")[0]
+
+
+def test_a_stack_that_cannot_be_built_trains_one_after_another_and_says_why(tmp_path, monkeypatch):
+    from dnnlab.engine.stacked import trainer as stacked_trainer
+
+    def broken_probe(trainers):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(stacked_trainer, "measure_speedup", broken_probe)
+    cfgs = [compose([*SMALL, f"seed={k}"]) for k in range(2)]
+    results = train_stack([StackMember(cfg, tmp_path / f"m{k}") for k, cfg in enumerate(cfgs)])
+    assert [r["status"] for r in results] == ["completed", "completed"]
+    assert "building the stack failed (RuntimeError: probe exploded)" in results[0]["stack"]["trained_solo"]
 
 
 def test_member_folder_is_a_solo_folder(tmp_path):

@@ -171,3 +171,16 @@ def test_missing_plugin_names_the_extra():
     error = MissingConfigException("Could not find 'hydra/sweeper/optuna'", missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
     message = str(config_error(error, ["hydra/sweeper=optuna"]))
     assert "hydra-optuna-sweeper" in message and ".[sweeps]" in message and "Valid: basic" in message
+
+
+def test_a_failed_jobs_record_on_a_full_disk_leaves_the_printed_error_as_its_record(tmp_path, monkeypatch, capsys):
+    """record_failure is the sweep's courtesy note; a disk too full for it must not end the sweep with a traceback."""
+    from dnnlab.errors import StorageError
+    from dnnlab.runs import sweep_job
+
+    def full(*args, **kwargs):
+        raise StorageError("Cannot write summary.json: no space left on device.")
+
+    monkeypatch.setattr(RunDir, "write_summary", full)
+    sweep_job.record_failure(tmp_path / "job", RuntimeError("boom"), OmegaConf.create({}), OmegaConf.create({}))
+    assert "boom" in capsys.readouterr().err

@@ -200,12 +200,13 @@ def not_learning(rows: list[Row], chance: float | None) -> list[Verdict]:
 def non_finite_optimized_loss(rows: list[Row]) -> list[Verdict]:
     """Steps whose optimized loss (data loss + penalties) was NaN/inf, as the trainer counted them."""
     for row in rows:
-        count = row.get("optimized_loss_nonfinite_steps")
-        if isinstance(count, int) and count > 0:
+        count, data_loss = row.get("optimized_loss_nonfinite_steps"), row.get("train_loss")
+        # With the data loss non-finite too (null in the row) the run diverged: that verdict, not this one, says so.
+        if isinstance(count, int) and count > 0 and isinstance(data_loss, (int, float)) and math.isfinite(data_loss):
             return [verdict(
                 "non_finite_optimized_loss", None, row["epoch"],
                 f"the optimized loss (data loss + penalties) was NaN/inf in {count} steps of epoch {row['epoch']} "
-                f"while train_loss (the data loss) = {row.get('train_loss', math.nan):.4g}: a penalty overflows "
+                f"while train_loss (the data loss) = {data_loss:.4g}: a penalty overflows "
                 f"(regularization.l1/l2.weight far too large?)",
             )]
     return []

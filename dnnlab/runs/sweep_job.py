@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from dnnlab import api
-from dnnlab.errors import Interrupted, RunFolderTaken, one_line, report_error
+from dnnlab.errors import Interrupted, RunFolderTaken, StorageError, one_line, report_error
 from dnnlab.runs.checkpoints import find_checkpoint, run_folder_of
 from dnnlab.runs.rundir import RunDir, remove_stray
 from dnnlab.runs.sweeps import plan_job
@@ -175,9 +175,10 @@ def record_failure(job_dir: Path, error: Exception, cfg: Any, hydra_cfg: Any) ->
     writes both once training has begun)."""
     report_error(error, prefix=f"sweep job {job_dir} failed: ")
     run = RunDir(job_dir)
-    if not run.summary_path.exists():
-        run.write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
-    if not run.config_path.exists():
-        with contextlib.suppress(OmegaConfBaseException):  # the error may be an interpolation that does not resolve
-            run.save_config(cfg)
-        run.save_launch(hydra_cfg)
+    with contextlib.suppress(StorageError):  # a full disk: the error printed above is all that can be recorded
+        if not run.summary_path.exists():
+            run.write_summary({"status": "failed", "error": one_line(error), "run_dir": str(job_dir)})
+        if not run.config_path.exists():
+            with contextlib.suppress(OmegaConfBaseException):  # the error may be an interpolation that does not resolve
+                run.save_config(cfg)
+            run.save_launch(hydra_cfg)

@@ -3,10 +3,11 @@ against its members one after another, measured on throwaway copies before train
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
@@ -59,7 +60,7 @@ def measure_speedup(trainers: list[Trainer], rounds: int = 3, steps: int = 3, wa
     """
     with torch.random.fork_rng(devices=[trainers[0].device] if trainers[0].device.type == "cuda" else []):
         copies = [copy.deepcopy(t.model) for t in trainers]
-        optimizers = [type(t.optimizer)(c.parameters(), **t.optimizer.defaults) for t, c in zip(trainers, copies)]
+        optimizers = [rebuilt(t.optimizer, c.parameters()) for t, c in zip(trainers, copies)]
         stacked = stack_models(copies)
         stacked_optimizer = StackedOptimizer.from_members(optimizers, stacked)
         data, size, device = trainers[0].data, trainers[0].batch_size, trainers[0].device
@@ -96,6 +97,13 @@ def measure_speedup(trainers: list[Trainer], rounds: int = 3, steps: int = 3, wa
             stacked_step(first)
             stacked_s = min(stacked_s, timed(stacked_step, range(first + 1, first + 1 + steps), device))
     return solo_s / max(stacked_s, 1e-12)
+
+
+def rebuilt(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """An optimizer of `optimizer`'s class and settings over `params`. Its defaults can hold keys its constructor
+    does not take (torch 2.13's AdamW keeps `decoupled_weight_decay=True`), so only the ones it takes are passed."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return type(optimizer)(params, **{k: v for k, v in optimizer.defaults.items() if k in accepted})
 
 
 def timed(step: Callable[[int], None], indices: range, device: torch.device) -> float:

@@ -148,9 +148,11 @@ class StackedTrainer:
             return "a stack of one" if live else ""
         try:
             self.bind(live)
+            speedup = measure_speedup([self.members[k] for k in live])
         except CannotStack as error:
             return str(error)
-        speedup = measure_speedup([self.members[k] for k in live])
+        except Exception as error:  # a stack that cannot be built or timed must not cost the sweep its jobs
+            return f"building the stack failed ({one_line(error)})"
         self.speed_note = f"measured {speedup:.1f}× as fast as one after another"
         if speedup < self.min_speedup:
             return f"stacked they would train {speedup:.2f}× as fast as one after another (below {self.min_speedup})"
