@@ -90,3 +90,25 @@ def test_the_interpreter_exits_only_once_the_writes_are_on_disk(tmp_path):
     """)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 7
+
+
+def test_a_run_whose_newer_best_pt_could_not_be_written_reports_the_best_on_disk(tmp_path, monkeypatch):
+    from dnnlab.api import compose, train
+    from helpers.configs import tiny
+
+    real, written = rundir.atomic_write, []
+
+    def full_after_two_bests(path, write, mode="wb"):
+        if path.name == "best.pt":
+            if len(written) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(path)
+        return real(path, write, mode)
+
+    monkeypatch.setattr(rundir, "atomic_write", full_after_two_bests)
+    with pytest.raises(StorageError, match=r"best\.pt"):
+        train(compose(tiny("trainer.epochs=8")), run_dir=tmp_path / "run")
+    summary = RunDir(tmp_path / "run").read_summary()
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert summary["status"] == "failed" and "best.pt" in summary["error"]
+    assert summary["best_epoch"] == best["epoch"] == 2  # not the epoch whose best.pt never reached the disk

@@ -6,6 +6,7 @@ RunDir (dnnlab.runs.rundir) names every path and writes every file; this module 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -139,6 +140,7 @@ class RunFolderHook(Hook):
         self.run, self.monitor, self.mode, self.config_yaml = run, monitor, mode, config_yaml
         self.best: float | None = None
         self.best_epoch = 0
+        self.best_epoch_on_disk = 0  # the epoch best.pt holds: a run whose newer best.pt failed reports this one
 
     def improved(self, value: float) -> bool:
         if self.best is None:
@@ -176,7 +178,7 @@ class RunFolderHook(Hook):
         self.best, self.best_epoch = value, metrics["epoch"]
         # best.pt first, then last.pt as a link to it. In between, best.pt is the newer state and
         # find_checkpoint resumes from it: at every instant the state a resume loads names best.pt's epoch as best.
-        self.run.save_checkpoint("best", self.checkpoint(trainer))
+        self.run.save_checkpoint("best", self.checkpoint(trainer), then=functools.partial(self.on_disk, self.best_epoch))
         self.run.copy_checkpoint("best", "last")
 
     def on_fit_end(self, trainer, summary: dict[str, Any]) -> None:
@@ -185,9 +187,9 @@ class RunFolderHook(Hook):
         with contextlib.suppress(Exception) if trainer.status == "failed" else contextlib.nullcontext():
             self.run.finish_writes()
         rows = self.run.read_metrics()
-        best_row = next((r for r in rows if r["epoch"] == self.best_epoch), None)
+        best_row = next((r for r in rows if r["epoch"] == self.best_epoch_on_disk), None)
         if best_row is not None:
-            summary.update(best_epoch=self.best_epoch, best_val_loss=best_row["val_loss"], best_val_acc=best_row["val_acc"])
+            summary.update(best_epoch=self.best_epoch_on_disk, best_val_loss=best_row["val_loss"], best_val_acc=best_row["val_acc"])
         if rows:
             last = rows[-1]
             summary.update({f"final_{k}": last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")})
@@ -199,3 +201,8 @@ class RunFolderHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_epoch_on_disk = self.best_epoch
+
+    def on_disk(self, epoch: int) -> None:
+        """best.pt now holds `epoch` (called by the writer once the file is whole)."""
+        self.best_epoch_on_disk = epoch

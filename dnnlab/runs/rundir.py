@@ -257,21 +257,24 @@ class RunDir:
             text = OmegaConf.to_yaml(node)
             atomic_write(path, lambda f: f.write(text), mode="w")
 
-    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        """Write checkpoint `name` holding `state` as it is now (on the background writer when `background`)."""
+    def save_checkpoint(self, name: str, state: dict[str, Any], then: Callable[[], None] | None = None) -> None:
+        """Write checkpoint `name` holding `state` as it is now (on the background writer when `background`);
+        `then()` once it is on disk."""
         path = self.checkpoint_path(name)
         if not self.background:
-            self.write_checkpoint(path, lambda f: _torch().save(state, f))
+            self.write_checkpoint(path, lambda f: _torch().save(state, f), then)
             return
         buffer = io.BytesIO()
         _torch().save(state, buffer)  # the state of now; the disk's turn comes later
-        WRITER.submit(self.path, lambda: self.write_checkpoint(path, lambda f: f.write(buffer.getbuffer())))
+        WRITER.submit(self.path, lambda: self.write_checkpoint(path, lambda f: f.write(buffer.getbuffer()), then))
 
-    def write_checkpoint(self, path: Path, write: Callable[[Any], None]) -> None:
+    def write_checkpoint(self, path: Path, write: Callable[[Any], None], then: Callable[[], None] | None = None) -> None:
         keeps = (f"A checkpoint is replaced only once whole, so {self.path} keeps the last complete one, if any: "
                  f"free space, then continue with dnnlab train resume={self.path}.")
         with writing(path, after=keeps):
             atomic_write(path, write)
+        if then is not None:
+            then()
 
     def copy_checkpoint(self, source: str, target: str) -> None:
         """Make `target` hold what `source` holds now, atomically: a hard link, no second serialization.
