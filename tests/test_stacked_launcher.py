@@ -57,7 +57,7 @@ def test_a_stacked_sweep_leaves_one_solo_run_folder_per_job_and_a_rerun_skips_th
     args = ["seed=0,1", "optimizer.lr=1e-3,3e-3", *TINY, "hydra.sweep.dir=sw"]
     code, err = sweep(*args)
     assert code == 0, err
-    assert "train as one stack of 4" in err and "runs solo" not in err
+    assert "form a stack of 4" in err and "runs solo" not in err
     found = jobs(tmp_path / "sw")
     assert [j.name for j in found] == ["0", "1", "2", "3"]
     seen = set()
@@ -86,7 +86,7 @@ def test_a_mixed_sweep_trains_the_job_without_a_stacked_form_alone_and_says_why(
     for job in cnn:
         assert err.count(f"sweep job {job} runs solo: model=cnn has no stacked form yet (stacks: model=mlp)") == 1
     mlp = [job.name for job in jobs(tmp_path / "sw") if job not in cnn]
-    assert err.count("runs solo") == 2 and f"sweep jobs {', '.join(mlp)} train as one stack of 2" in err
+    assert err.count("runs solo") == 2 and f"sweep jobs {', '.join(mlp)} form a stack of 2" in err
     assert [summary(job)["status"] for job in jobs(tmp_path / "sw")] == ["completed"] * 4
 
 
@@ -109,7 +109,7 @@ def test_optuna_trials_of_one_batch_train_as_one_stack_each_with_its_own_result(
     code, err = sweep("experiment=search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4", *TINY,
                       "hydra.sweeper.storage=sqlite:///search.db", "hydra.sweeper.study_name=s", "hydra.sweep.dir=opt")
     assert code == 0, err
-    assert "train as one stack of 4" in err
+    assert "form a stack of 4" in err
     trials = optuna.load_study(study_name="s", storage="sqlite:///search.db").trials
     assert len(trials) == 4
     for job in jobs(tmp_path / "opt"):
@@ -150,7 +150,7 @@ def test_an_interrupted_stack_resumes_as_a_stack_and_members_at_other_epochs_do_
         cut_to_epoch_1(job, epoch_1[seed(job)])
     code, err = sweep(*two)
     assert code == 0, err
-    assert err.count("was interrupted: resuming") == 2 and "train as one stack of 2" in err
+    assert err.count("was interrupted: resuming") == 2 and "form a stack of 2" in err
     for job in jobs(tmp_path / "sw"):
         assert summary(job)["status"] == "completed"
         assert same_rows(metrics(job), first[job.name])
@@ -163,6 +163,13 @@ def test_an_interrupted_stack_resumes_as_a_stack_and_members_at_other_epochs_do_
     assert "was interrupted: resuming" in err and f"new run in {job1}" in err and "stack of" not in err
     assert [summary(job)["status"] for job in (job0, job1)] == ["completed", "completed"]
     assert same_rows(metrics(job0), first[job0.name])
+
+
+def test_a_stack_below_min_speedup_says_on_the_terminal_that_it_trained_one_after_another(sweep, tmp_path, capsys):
+    code, err = sweep("seed=0,1", *TINY, "hydra.launcher.min_speedup=100", "hydra.sweep.dir=sw")
+    assert code == 0 and "form a stack of 2" in err
+    assert "these 2 runs train one after another: stacked they would train" in err and "below 100" in err
+    assert [summary(j)["stack"]["trained_solo"].startswith("stacked they would") for j in jobs(tmp_path / "sw")] == [True, True]
 
 
 def test_list_and_help_show_the_stacked_launcher(capsys):
@@ -182,7 +189,7 @@ def test_max_stack_is_checked_before_any_folder_is_made(sweep, tmp_path):
     assert code == 2 and "hydra.launcher.max_stack=0 is not valid" in err
     assert not (tmp_path / "sw").exists()
     code, err = sweep("hydra.launcher.max_stack=2", "seed=0,1,2", *TINY, "hydra.sweep.dir=sw")
-    assert code == 0 and "sweep jobs 0, 1 train as one stack of 2" in err and "stack of 1" not in err
+    assert code == 0 and "sweep jobs 0, 1 form a stack of 2" in err and "stack of 1" not in err
     assert [summary(job)["status"] for job in jobs(tmp_path / "sw")] == ["completed"] * 3
 
 

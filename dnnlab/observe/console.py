@@ -78,15 +78,22 @@ def results_table(summary: dict[str, Any]) -> Table:
 
 
 def stack_table(results: Sequence[Any], folders: dict[int, str]) -> Table:
-    """One row per member of a stack: its folder, status and numbers (or the error it failed with)."""
-    table = Table(title=f"dnnlab stack of {len(results)}", show_header=True, header_style="bold")
+    """One row per member of a stack: its folder, status and numbers (or the error it failed with, under its folder)."""
+    from dnnlab.errors import RunFolderTaken
+
+    solo = any(isinstance(r, dict) and "trained_solo" in (r.get("stack") or {}) for r in results)
+    title = f"dnnlab: {len(results)} runs, trained one after another" if solo else f"dnnlab stack of {len(results)}"
+    table = Table(title=title, show_header=True, header_style="bold")
     for column in ("run_dir", "status", "epochs", "best_val_acc", "test_acc", "wall_s"):
         table.add_column(column, justify="left" if column in ("run_dir", "status") else "right")
     for k, result in enumerate(results):
         if isinstance(result, dict):
             table.add_row(folders[k], *(fmt(result.get(key)) for key in ("status", "epochs", "best_val_acc", "test_acc", "wall_s")))
-        else:
-            table.add_row(folders[k], Text("failed", style="bold red"), Text(str(result)[:80], style="red"), "", "", "")
+        else:  # a folder another process holds was not run: not this member's failure
+            status = "not run" if isinstance(result, RunFolderTaken) else "failed"
+            cell = Text(folders[k])
+            cell.append(f"\n{str(result)[:200]}", style="red")
+            table.add_row(cell, Text(status, style="bold red"), "", "", "", "")
     return table
 
 

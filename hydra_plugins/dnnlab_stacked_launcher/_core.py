@@ -197,7 +197,7 @@ def run_unit(unit: list[Job], min_speedup: float | None) -> None:
         first.activate()
         first.finish(first.sweep_job.train())
         return
-    print(f"dnnlab: sweep jobs {', '.join(str(job.idx) for job in unit)} train as one stack of {len(unit)}", file=sys.stderr)
+    print(f"dnnlab: sweep jobs {', '.join(str(job.idx) for job in unit)} form a stack of {len(unit)}", file=sys.stderr)
     members = [StackMember(job.sweep_job.cfg, job.sweep_job.run_dir, job.hydra_cfg) for job in unit]
     first.activate()
     try:

@@ -131,7 +131,7 @@ class StackedTrainer:
             self.members[k].started = started
         self.solo_why = self.prepare_stack(live)
         if self.solo_why:
-            log.info("dnnlab: these %d runs train one after another: %s", len(live), self.solo_why)
+            log.warning("dnnlab: these %d runs train one after another: %s", len(live), self.solo_why)
             self.train_solo(live)
         else:
             log.info("dnnlab: training %d runs as one stack (%s)", len(live), self.speed_note)
