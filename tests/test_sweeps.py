@@ -51,7 +51,7 @@ def test_rerunning_a_finished_sweep_skips_every_job_and_resumes_an_interrupted_o
     job1 = jobs(tmp_path / "sw")[1]
     cut = train(compose(["optimizer=adam", *ONE_EPOCH]), run_dir=tmp_path / "cut")
     assert cut["status"] == "completed"
-    again = dnnlab(*args, cwd=tmp_path)
+    again = dnnlab(*args, "trainer.progress=true", "trainer.threads=1", cwd=tmp_path)  # display and threads: same jobs
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stderr.count("skipped") == 2
     # Now cut job 1 back to epoch 1 with the right config, as an interruption would leave it.

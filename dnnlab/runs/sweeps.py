@@ -70,8 +70,9 @@ def previous_status(run: RunDir) -> str | None:
     return "interrupted" if run.checkpoint_path("last").exists() else None
 
 
-# Not part of what a job is: where it resumed from, and how its folder was made free.
-NOT_IDENTITY = (("resume",), ("trainer", "overwrite"))
+# Not part of what a job is: where it resumed from, how its folder was made free, and what the terminal shows and
+# how many threads compute it (a re-run with another trainer.progress or trainer.threads finds its runs).
+NOT_IDENTITY = (("resume",), ("trainer", "overwrite"), ("trainer", "progress"), ("trainer", "threads"))
 
 
 def identity(data: dict[str, Any]) -> dict[str, Any]:
