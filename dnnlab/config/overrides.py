@@ -202,9 +202,12 @@ def unknown_key(full_key: str, overrides: Sequence[str]) -> ConfigError:
 
         keys = sorted(set(keys) | set(groups()) - {"hydra"})
     where = f"under {parent}" if parent else "at the top level"
+    # A launcher or sweeper node holds its plugin's constructor arguments: a key of one's own would only make it fail.
+    plugin = full_key.startswith(("hydra.launcher.", "hydra.sweeper."))
+    adding = "" if plugin else f"; +{full_key}=VALUE adds a new key on purpose"
     return ConfigError(
         f"{full_key} is not a config key.{did_you_mean(leaf, keys, prefix=parent)} Valid keys {where}: {', '.join(keys)}. "
-        f"(`dnnlab train --cfg job` prints the whole config; +{full_key}=VALUE adds a new key on purpose.)"
+        f"(`dnnlab train --cfg job` prints the whole config{adding}.)"
     )
 
 
