@@ -172,6 +172,16 @@ def test_a_stack_below_min_speedup_says_on_the_terminal_that_it_trained_one_afte
     assert [summary(j)["stack"]["trained_solo"].startswith("stacked they would") for j in jobs(tmp_path / "sw")] == [True, True]
 
 
+def test_jobs_planned_into_one_folder_train_in_folders_of_their_own(sweep, tmp_path):
+    """A constant hydra.sweep.subdir gives every job Hydra's one folder: each new run gets its own beside it."""
+    code, err = sweep("seed=0,1,2", *TINY, "hydra.sweep.subdir=x", "hydra.sweep.dir=sw")
+    assert code == 0, err
+    folders = [tmp_path / "sw" / name for name in ("x", "x-1", "x-2")]
+    assert sorted(seed(f) for f in folders) == [0, 1, 2] and all(summary(f)["status"] == "completed" for f in folders)
+    code, err = sweep("seed=0,1,2", *TINY, "hydra.sweep.subdir=x", "hydra.sweep.dir=sw")
+    assert code == 0 and err.count("kept, skipped") == 3
+
+
 def test_list_and_help_show_the_stacked_launcher(capsys):
     assert main(["list", "hydra/launcher"]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -165,6 +165,7 @@ def units(jobs: list[Job], max_stack: int | None) -> list[list[Job]]:
 
     found: list[list[Job]] = []
     planned: dict[str, list[Job]] = {}  # a stack shares its Hydra job settings (env_set) too
+    claimed: dict[Path, int] = {}  # the folders planned so far → their job
     for job in jobs:
         job.activate()
         try:
@@ -179,10 +180,23 @@ def units(jobs: list[Job], max_stack: int | None) -> list[list[Job]]:
         if job.sweep_job.outcome is not None:  # a finished run kept, or an error: nothing to train
             job.finish(job.sweep_job.outcome)
             continue
+        apart_from(claimed, job)
+        claimed[job.sweep_job.run_dir] = job.idx
         planned.setdefault(json.dumps(OmegaConf.to_container(job.config.hydra.job.env_set), sort_keys=True), []).append(job)
     for group in planned.values():
         found += [[group[i] for i in indices] for indices in stacks.partition([j.sweep_job.cfg for j in group], max_stack)]
     return sorted(found, key=lambda unit: unit[0].idx)
+
+
+def apart_from(claimed: dict[Path, int], job: Job) -> None:
+    """A new run planned into a folder an earlier job of this launch was planned into (a constant
+    hydra.sweep.subdir) trains in a folder of its own beside it, as it would after that job under the basic launcher."""
+    from dnnlab.runs.sweeps import claim_folder
+
+    planned = job.sweep_job.run_dir
+    if planned in claimed and not job.sweep_job.cfg.resume:
+        job.sweep_job.folder = claim_folder(planned)
+        job.line(f"is planned into {planned}, as job {claimed[planned]} is: it trains in {job.sweep_job.folder}")
 
 
 def run_unit(unit: list[Job], min_speedup: float | None) -> None:
