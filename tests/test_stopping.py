@@ -56,8 +56,8 @@ def kill_after_writes(monkeypatch, n: int) -> list:
     calls = []
 
     def counted(method):
-        def wrapper(self, *args):
-            method(self, *args)
+        def wrapper(self, *args, **kwargs):
+            method(self, *args, **kwargs)
             calls.append(args)
             if len(calls) == n:
                 raise Killed
