@@ -331,7 +331,7 @@ class RunDir:
             yield
         finally:
             WRITER.wait()  # another process gets the folder with every checkpoint asked for on disk
-            unreported = WRITER.failed.pop(self.path, None)
+            unreported = WRITER.take(self.path)
             if unreported is not None:  # the run ended (with another error) before it could be told
                 logging.getLogger("dnnlab").error("%s", unreported)
             lock.release()

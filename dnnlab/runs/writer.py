@@ -46,9 +46,13 @@ class BackgroundWriter:
 
     def check(self, folder: Path) -> None:
         """Raise the failure of a write into `folder` that nobody has been told of yet."""
-        error = self.failed.pop(folder, None)
+        error = self.take(folder)
         if error is not None:
             raise error
+
+    def take(self, folder: Path) -> BaseException | None:
+        """The failure of a write into `folder` nobody has been told of yet (now told), or None."""
+        return self.failed.pop(folder, None)
 
     def run(self) -> None:
         while True:
